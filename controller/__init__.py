@@ -1,0 +1,1 @@
+"""ipsecd controller: the only etcd client; policy API, agent streams, ipsecctl."""

@@ -1,0 +1,1 @@
+"""The SPD language: parse -> model -> validate -> compile per node (pure code)."""

@@ -1,0 +1,1 @@
+"""Linux XFRM netlink on pyroute2's netlink core: policies, states, defaults, events."""
