@@ -1,0 +1,115 @@
+"""Tokens for both dialects.
+
+A *word* is anything up to whitespace, ``;``, ``{``, ``}``, ``,``, ``"`` or ``#``: so
+``10.0.0.0/24[80]``, ``esp/tunnel/192.0.2.1-192.0.2.2/require``, ``role=worker`` and
+``secret:db-psk`` are each one word, exactly as setkey(8) reads them.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from .errors import Loc, Sink
+
+__all__ = ["Kind", "Source", "Token", "tokenize"]
+
+
+class Kind(StrEnum):
+    WORD = "word"
+    STRING = "string"
+    PUNCT = "punct"
+    EOF = "end of file"
+
+
+class Source:
+    """The file a token came from (shared by all its tokens)."""
+
+    __slots__ = ("filename", "lines")
+
+    def __init__(self, filename: str, lines: list[str]) -> None:
+        self.filename = filename
+        self.lines = lines
+
+
+class Token:
+    """A token; its :class:`Loc` is built only when asked for (errors, statements)."""
+
+    __slots__ = ("col", "kind", "line", "src", "text")
+
+    def __init__(self, kind: Kind, text: str, src: Source, line: int, col: int) -> None:
+        self.kind = kind
+        self.text = text
+        self.src = src
+        self.line = line
+        self.col = col
+
+    @property
+    def loc(self) -> Loc:
+        lines = self.src.lines
+        source = lines[self.line - 1] if 0 < self.line <= len(lines) else ""
+        return Loc(self.src.filename, self.line, self.col, source)
+
+    def at(self, text: str, kind: Kind | None = None) -> Token:
+        """A token with other text at this token's place (macro use, sub-fields)."""
+        return Token(kind or self.kind, text, self.src, self.line, self.col)
+
+    def is_punct(self, ch: str) -> bool:
+        return self.kind is Kind.PUNCT and self.text == ch
+
+    def describe(self) -> str:
+        if self.kind is Kind.EOF:
+            return "end of file"
+        if self.kind is Kind.STRING:
+            return "a quoted string"
+        return f"'{self.text}'"
+
+    def __repr__(self) -> str:
+        return f"Token({self.kind.value}, {self.text!r}, {self.line}:{self.col})"
+
+
+# Leading blanks are eaten by the same match as the token after them (half the loops).
+_TOKEN = re.compile(
+    r"""[^\S\n]*
+      (?: (?P<nl>\n)
+        | (?P<comment>\#[^\n]*)
+        | (?P<string>"[^"\n]*")
+        | (?P<badstring>"[^"\n]*)
+        | (?P<punct>[;{},])
+        | (?P<word>[^\s;{},"\#]+)
+        | (?P<end>$)
+      )
+    """,
+    re.VERBOSE,
+)
+
+
+def tokenize(text: str, filename: str, sink: Sink) -> tuple[list[Token], list[str]]:
+    """Split ``text`` into tokens; returns the tokens and the source lines."""
+    lines = text.split("\n")
+    src = Source(filename, lines)
+    tokens: list[Token] = []
+    append = tokens.append
+    word, string, punct = Kind.WORD, Kind.STRING, Kind.PUNCT
+    line_no = 1
+    line_start = 0
+    for m in _TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind == "word":
+            start = m.start(kind)
+            append(Token(word, text[start : m.end()], src, line_no, start - line_start + 1))
+        elif kind == "nl":
+            line_no += 1
+            line_start = m.end()
+        elif kind == "punct":
+            start = m.start(kind)
+            append(Token(punct, text[start], src, line_no, start - line_start + 1))
+        elif kind == "string":
+            start = m.start(kind)
+            append(Token(string, text[start + 1 : m.end() - 1], src, line_no,
+                         start - line_start + 1))  # fmt: skip
+        elif kind == "badstring":
+            bad = Token(string, "", src, line_no, m.start(kind) - line_start + 1)
+            sink.error(bad.loc, "unterminated string", 'close the string with " on the same line')
+    append(Token(Kind.EOF, "", src, len(lines), len(lines[-1]) + 1))
+    return tokens, lines
