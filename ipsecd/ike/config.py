@@ -1,0 +1,581 @@
+"""Connection configuration of the IKE engine.
+
+One :class:`IkeConfig` describes one IKE connection with one peer: addresses and
+identities, the pre-shared key, the IKE proposals, and the first CHILD SA
+(:class:`ChildConfig`: ESP or AH, transport or tunnel, proposals, traffic selectors,
+lifetime).  The SPD compiler's IKE connections map onto it; every value is immutable
+and validated when it is built (bad values raise :class:`~ipsecd.ike.errors.IkeLocalError`
+naming the field).
+
+Proposals can be written the strongSwan way, ``parse_ike_proposal("aes256gcm16-prfsha384-
+ecp384")`` and ``parse_child_proposal("aes256-sha256")``; see :data:`ALGORITHM_TOKENS`.
+
+The PSK is a ``repr=False`` field: it never shows in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Self
+
+from .constants import (
+    DhGroup,
+    EncrId,
+    EsnId,
+    IdType,
+    IntegId,
+    PrfId,
+    ProtocolId,
+    TransformType,
+)
+from .crypto import check_transform
+from .errors import IkeLocalError
+
+__all__ = [
+    "ALGORITHM_TOKENS",
+    "DEFAULT_CHILD_PROPOSALS",
+    "DEFAULT_IKE_PROPOSALS",
+    "ChildConfig",
+    "IPAddress",
+    "Identity",
+    "IkeConfig",
+    "Mode",
+    "Proposal",
+    "RetransmitConfig",
+    "Role",
+    "TrafficSelector",
+    "Transform",
+    "parse_child_proposal",
+    "parse_ike_proposal",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Mode(enum.Enum):
+    """IPsec mode of a CHILD SA (RFC 7296 1.3.1: tunnel unless USE_TRANSPORT_MODE)."""
+
+    TRANSPORT = "transport"
+    TUNNEL = "tunnel"
+
+
+class Role(enum.Enum):
+    """Who starts the IKE SA of a connection."""
+
+    #: We initiate (the agent calls ``IkeSa(..., initiator=True).initiate()``).
+    INITIATOR = "initiator"
+    #: We only answer (``IkeSa.accept``).
+    RESPONDER = "responder"
+    #: Either side may start (both agents of a node pair may initiate).
+    EITHER = "either"
+
+
+# --------------------------------------------------------------------------- identities
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An IKE identity (RFC 7296 3.5): ``type`` and the raw identification data.
+
+    Build them with :meth:`ip`, :meth:`fqdn`, :meth:`key_id` or :meth:`parse`.
+    """
+
+    type: IdType
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise IkeLocalError(f"Identity: {self.type.name} identity data is empty")
+        if self.type == IdType.IPV4_ADDR and len(self.data) != 4:
+            raise IkeLocalError("Identity: an IPV4_ADDR identity is exactly 4 bytes")
+        if self.type == IdType.IPV6_ADDR and len(self.data) != 16:
+            raise IkeLocalError("Identity: an IPV6_ADDR identity is exactly 16 bytes")
+
+    @classmethod
+    def ip(cls, address: str | IPAddress) -> Self:
+        """IPV4_ADDR or IPV6_ADDR identity from an address."""
+        try:
+            addr = ipaddress.ip_address(address)
+        except ValueError as exc:
+            raise IkeLocalError(f"Identity: {address!r} is not an IP address") from exc
+        kind = IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR
+        return cls(kind, addr.packed)
+
+    @classmethod
+    def fqdn(cls, name: str) -> Self:
+        """FQDN identity (no terminator, RFC 7296 3.5)."""
+        try:
+            data = name.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise IkeLocalError(f"Identity: FQDN {name!r} is not ASCII") from exc
+        return cls(IdType.FQDN, data)
+
+    @classmethod
+    def key_id(cls, data: bytes) -> Self:
+        """KEY_ID identity: opaque octets (RFC 7296 3.5)."""
+        return cls(IdType.KEY_ID, bytes(data))
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        """``192.0.2.1``, ``fd00::1``, ``fqdn:host.example``, ``keyid:0a0b`` (hex),
+        ``keyid:@text``; a bare name is an FQDN."""
+        if text.startswith("fqdn:"):
+            return cls.fqdn(text[5:])
+        if text.startswith("keyid:@"):
+            return cls.key_id(text[7:].encode())
+        if text.startswith("keyid:"):
+            try:
+                return cls.key_id(bytes.fromhex(text[6:]))
+            except ValueError as exc:
+                raise IkeLocalError(
+                    f"Identity: {text!r}: keyid: wants hex digits (or keyid:@text)"
+                ) from exc
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            return cls.fqdn(text)
+        return cls.ip(text)
+
+    def __str__(self) -> str:
+        if self.type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+            return str(ipaddress.ip_address(self.data))
+        if self.type == IdType.FQDN:
+            return self.data.decode("ascii", "replace")
+        if self.type == IdType.KEY_ID:
+            return "keyid:" + self.data.hex()
+        return f"{self.type.name}:{self.data.hex()}"
+
+
+# --------------------------------------------------------------------- traffic selectors
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSelector:
+    """An address range, an IP protocol (0 = any) and a port range (RFC 7296 3.13.1)."""
+
+    start: IPAddress
+    end: IPAddress
+    ip_protocol: int = 0
+    start_port: int = 0
+    end_port: int = 65535
+
+    def __post_init__(self) -> None:
+        if self.start.version != self.end.version:
+            raise IkeLocalError(
+                f"TrafficSelector: {self.start} and {self.end} are not the same IP version"
+            )
+        if int(self.start) > int(self.end):
+            raise IkeLocalError(f"TrafficSelector: start {self.start} is after end {self.end}")
+        if not 0 <= self.ip_protocol <= 255:
+            raise IkeLocalError(f"TrafficSelector: IP protocol {self.ip_protocol} not in 0..255")
+        if not 0 <= self.start_port <= self.end_port <= 65535:
+            raise IkeLocalError(
+                f"TrafficSelector: port range {self.start_port}-{self.end_port} is invalid"
+            )
+
+    @classmethod
+    def from_cidr(
+        cls,
+        network: str,
+        *,
+        ip_protocol: int = 0,
+        port: int | None = None,
+        ports: tuple[int, int] | None = None,
+    ) -> Self:
+        """``TrafficSelector.from_cidr("10.0.0.0/24", ip_protocol=6, port=5432)``."""
+        try:
+            net = ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise IkeLocalError(f"TrafficSelector: {network!r} is not an address/prefix") from exc
+        lo, hi = (0, 65535)
+        if port is not None:
+            lo = hi = port
+        elif ports is not None:
+            lo, hi = ports
+        return cls(net.network_address, net.broadcast_address, ip_protocol, lo, hi)
+
+    @classmethod
+    def host(cls, address: str | IPAddress, *, ip_protocol: int = 0) -> Self:
+        """A single address, every port."""
+        try:
+            addr = ipaddress.ip_address(address)
+        except ValueError as exc:
+            raise IkeLocalError(f"TrafficSelector: {address!r} is not an IP address") from exc
+        return cls(addr, addr, ip_protocol)
+
+    @classmethod
+    def any(cls, version: int = 4) -> Self:
+        """Every address of one IP version."""
+        return cls.from_cidr("0.0.0.0/0" if version == 4 else "::/0")
+
+    @property
+    def version(self) -> int:
+        return self.start.version
+
+    def contains(self, other: TrafficSelector) -> bool:
+        """True when every packet ``other`` matches is matched by ``self``."""
+        return self.intersect(other) == other
+
+    def intersect(self, other: TrafficSelector) -> TrafficSelector | None:
+        """The selector matching what both match, or ``None`` (RFC 7296 2.9 narrowing)."""
+        if self.version != other.version:
+            return None
+        if self.ip_protocol and other.ip_protocol and self.ip_protocol != other.ip_protocol:
+            return None
+        lo = max(int(self.start), int(other.start))
+        hi = min(int(self.end), int(other.end))
+        if lo > hi:
+            return None
+        plo = max(self.start_port, other.start_port)
+        phi = min(self.end_port, other.end_port)
+        if plo > phi:
+            return None
+        make = ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address
+        return TrafficSelector(make(lo), make(hi), self.ip_protocol or other.ip_protocol, plo, phi)
+
+    def __str__(self) -> str:
+        nets = list(ipaddress.summarize_address_range(self.start, self.end))
+        addrs = str(nets[0]) if len(nets) == 1 else f"{self.start}-{self.end}"
+        proto = "" if self.ip_protocol == 0 else f" proto {self.ip_protocol}"
+        ports = (
+            ""
+            if (self.start_port, self.end_port) == (0, 65535)
+            else f" port {self.start_port}"
+            if self.start_port == self.end_port
+            else f" ports {self.start_port}-{self.end_port}"
+        )
+        return f"{addrs}{proto}{ports}"
+
+
+# ------------------------------------------------------------------------------ proposals
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """One transform of a proposal (RFC 7296 3.3.2): type, ID and optional key length."""
+
+    type: TransformType
+    id: int
+    key_length: int | None = None
+
+    def __str__(self) -> str:
+        enum_of: dict[TransformType, type[enum.IntEnum]] = {
+            TransformType.ENCR: EncrId,
+            TransformType.PRF: PrfId,
+            TransformType.INTEG: IntegId,
+            TransformType.DH: DhGroup,
+            TransformType.ESN: EsnId,
+        }
+        try:
+            name = enum_of[self.type](self.id).name
+        except ValueError:
+            name = str(self.id)
+        return f"{name}_{self.key_length}" if self.key_length else name
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A proposal: transforms of several types; within a type, alternatives in order of
+    preference (RFC 7296 3.3: one of each type is chosen)."""
+
+    transforms: tuple[Transform, ...]
+
+    def of_type(self, kind: TransformType) -> tuple[Transform, ...]:
+        return tuple(t for t in self.transforms if t.type == kind)
+
+    def types(self) -> frozenset[TransformType]:
+        return frozenset(t.type for t in self.transforms)
+
+    def __str__(self) -> str:
+        return "-".join(str(t) for t in self.transforms)
+
+
+def _encr(ident: EncrId, bits: int | None) -> Transform:
+    return Transform(TransformType.ENCR, ident, bits)
+
+
+#: Proposal keywords (strongSwan spelling) and the transforms they stand for.  ``sha*``
+#: is integrity (and, in IKE proposals without ``prf*``, also the PRF).
+ALGORITHM_TOKENS: dict[str, Transform] = {
+    "aes128": _encr(EncrId.AES_CBC, 128),
+    "aes192": _encr(EncrId.AES_CBC, 192),
+    "aes256": _encr(EncrId.AES_CBC, 256),
+    "aes128gcm16": _encr(EncrId.AES_GCM_16, 128),
+    "aes192gcm16": _encr(EncrId.AES_GCM_16, 192),
+    "aes256gcm16": _encr(EncrId.AES_GCM_16, 256),
+    "chacha20poly1305": _encr(EncrId.CHACHA20_POLY1305, None),
+    "sha256": Transform(TransformType.INTEG, IntegId.HMAC_SHA2_256_128),
+    "sha384": Transform(TransformType.INTEG, IntegId.HMAC_SHA2_384_192),
+    "sha512": Transform(TransformType.INTEG, IntegId.HMAC_SHA2_512_256),
+    "prfsha256": Transform(TransformType.PRF, PrfId.HMAC_SHA2_256),
+    "prfsha384": Transform(TransformType.PRF, PrfId.HMAC_SHA2_384),
+    "prfsha512": Transform(TransformType.PRF, PrfId.HMAC_SHA2_512),
+    "modp2048": Transform(TransformType.DH, DhGroup.MODP_2048),
+    "modp3072": Transform(TransformType.DH, DhGroup.MODP_3072),
+    "ecp256": Transform(TransformType.DH, DhGroup.ECP_256),
+    "ecp384": Transform(TransformType.DH, DhGroup.ECP_384),
+    "ecp521": Transform(TransformType.DH, DhGroup.ECP_521),
+    "curve25519": Transform(TransformType.DH, DhGroup.CURVE25519),
+    "x25519": Transform(TransformType.DH, DhGroup.CURVE25519),
+    "esn": Transform(TransformType.ESN, EsnId.ESN),
+    "noesn": Transform(TransformType.ESN, EsnId.NO_ESN),
+}
+
+_INTEG_TO_PRF = {
+    IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256,
+    IntegId.HMAC_SHA2_384_192: PrfId.HMAC_SHA2_384,
+    IntegId.HMAC_SHA2_512_256: PrfId.HMAC_SHA2_512,
+}
+
+_AEAD = frozenset({EncrId.AES_GCM_16, EncrId.CHACHA20_POLY1305})
+
+
+def _tokens(text: str, where: str) -> list[Transform]:
+    out: list[Transform] = []
+    for token in text.strip().lower().split("-"):
+        try:
+            out.append(ALGORITHM_TOKENS[token])
+        except KeyError:
+            raise IkeLocalError(
+                f"{where}: unknown algorithm {token!r} in {text!r}; "
+                f"known: {', '.join(sorted(ALGORITHM_TOKENS))}"
+            ) from None
+    return out
+
+
+def parse_ike_proposal(text: str) -> Proposal:
+    """An IKE proposal from ``encr[-integ][-prf]-dh`` keywords, e.g.
+    ``aes256gcm16-prfsha384-ecp384`` or ``aes256-sha256-modp2048``."""
+    transforms = _tokens(text, "IKE proposal")
+    kinds = {t.type for t in transforms}
+    if TransformType.PRF not in kinds:
+        # strongSwan convention: the integrity keyword names the PRF too.
+        transforms += [
+            Transform(TransformType.PRF, _INTEG_TO_PRF[IntegId(t.id)])
+            for t in transforms
+            if t.type == TransformType.INTEG
+        ]
+    proposal = Proposal(tuple(transforms))
+    _check_ike_proposal(proposal, text)
+    return proposal
+
+
+def parse_child_proposal(text: str, protocol: ProtocolId = ProtocolId.ESP) -> Proposal:
+    """An ESP (``aes256gcm16``, ``aes256-sha256``) or AH (``sha256``) proposal.
+    ESN defaults to "no ESN" when not given."""
+    transforms = _tokens(text, f"{protocol.name} proposal")
+    if not any(t.type == TransformType.ESN for t in transforms):
+        transforms.append(ALGORITHM_TOKENS["noesn"])
+    proposal = Proposal(tuple(transforms))
+    _check_child_proposal(proposal, protocol, text)
+    return proposal
+
+
+def _check_allowed(p: Proposal, protocol: ProtocolId, label: str) -> None:
+    # RFC 8247 (IKE) / RFC 8221 (ESP, AH): forbidden algorithms are never offered
+    for t in p.transforms:
+        try:
+            check_transform(protocol, t.type, t.id, t.key_length)
+        except IkeLocalError as exc:
+            raise IkeLocalError(f"{protocol.name} proposal {label!r}: {exc}") from None
+
+
+def _check_ike_proposal(p: Proposal, label: str) -> None:
+    _check_ike_structure(p, label)
+    _check_allowed(p, ProtocolId.IKE, label)
+
+
+def _check_ike_structure(p: Proposal, label: str) -> None:
+    encr = p.of_type(TransformType.ENCR)
+    if not encr:
+        raise IkeLocalError(f"IKE proposal {label!r}: needs an encryption algorithm")
+    if not p.of_type(TransformType.PRF):
+        raise IkeLocalError(f"IKE proposal {label!r}: needs a PRF (prfsha256, ...)")
+    if not p.of_type(TransformType.DH):
+        raise IkeLocalError(f"IKE proposal {label!r}: needs a DH group (ecp256, ...)")
+    aead = [t for t in encr if t.id in _AEAD]
+    if aead and len(aead) != len(encr):
+        raise IkeLocalError(
+            f"IKE proposal {label!r}: do not mix AEAD and non-AEAD ciphers in one proposal"
+        )
+    if aead and p.of_type(TransformType.INTEG):
+        raise IkeLocalError(
+            f"IKE proposal {label!r}: an AEAD cipher takes no integrity algorithm (RFC 5282 8)"
+        )
+    if not aead and not p.of_type(TransformType.INTEG):
+        raise IkeLocalError(f"IKE proposal {label!r}: a CBC cipher needs integrity (sha256, ...)")
+
+
+def _check_child_proposal(p: Proposal, protocol: ProtocolId, label: str) -> None:
+    _check_child_structure(p, protocol, label)
+    _check_allowed(p, protocol, label)
+
+
+def _check_child_structure(p: Proposal, protocol: ProtocolId, label: str) -> None:
+    encr = p.of_type(TransformType.ENCR)
+    integ = p.of_type(TransformType.INTEG)
+    if protocol == ProtocolId.AH:
+        if encr:
+            raise IkeLocalError(f"AH proposal {label!r}: AH has no encryption")
+        if not integ:
+            raise IkeLocalError(f"AH proposal {label!r}: needs an integrity algorithm")
+        return
+    if not encr:
+        raise IkeLocalError(f"ESP proposal {label!r}: needs an encryption algorithm")
+    aead = [t for t in encr if t.id in _AEAD]
+    if aead and len(aead) != len(encr):
+        raise IkeLocalError(
+            f"ESP proposal {label!r}: do not mix AEAD and non-AEAD ciphers in one proposal"
+        )
+    if aead and integ:
+        raise IkeLocalError(f"ESP proposal {label!r}: an AEAD cipher takes no integrity")
+    if not aead and not integ:
+        raise IkeLocalError(f"ESP proposal {label!r}: a CBC cipher needs integrity")
+
+
+DEFAULT_IKE_PROPOSALS: tuple[Proposal, ...] = (
+    parse_ike_proposal("aes256gcm16-prfsha384-ecp384"),
+    parse_ike_proposal("aes256-sha256-modp2048"),
+)
+DEFAULT_CHILD_PROPOSALS: tuple[Proposal, ...] = (
+    parse_child_proposal("aes256gcm16"),
+    parse_child_proposal("aes256-sha256"),
+)
+
+
+# --------------------------------------------------------------------------- connection
+
+
+@dataclass(frozen=True, slots=True)
+class RetransmitConfig:
+    """Request retransmission (RFC 7296 2.1): the n-th retransmission is sent
+    ``timeout * base**(n-1)`` seconds (capped at ``limit``) after the previous send;
+    after ``max_retransmits`` retransmissions and one more wait, the SA gives up."""
+
+    timeout: float = 0.5
+    base: float = 2.0
+    max_retransmits: int = 5
+    limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.base < 1 or self.max_retransmits < 0:
+            raise IkeLocalError(
+                "RetransmitConfig: wants timeout > 0, base >= 1, max_retransmits >= 0"
+            )
+        if self.limit is not None and self.limit <= 0:
+            raise IkeLocalError("RetransmitConfig: limit must be > 0 (or None)")
+
+    def delay(self, sends: int) -> float:
+        """Wait after the ``sends``-th transmission (1 = the original) of a request."""
+        value = self.timeout * self.base ** (sends - 1)
+        return value if self.limit is None else min(value, self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildConfig:
+    """The first CHILD SA, negotiated in IKE_AUTH (RFC 7296 1.2)."""
+
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    mode: Mode = Mode.TUNNEL
+    protocol: ProtocolId = ProtocolId.ESP
+    proposals: tuple[Proposal, ...] = DEFAULT_CHILD_PROPOSALS
+    #: Hard lifetime in seconds (the kernel deletes the SA then).
+    lifetime: float = 3600.0
+    #: Soft lifetime in seconds (rekey time); default 90 % of ``lifetime``.
+    rekey_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in (ProtocolId.ESP, ProtocolId.AH):
+            raise IkeLocalError(f"ChildConfig: protocol must be ESP or AH, not {self.protocol!r}")
+        if not self.local_ts or not self.remote_ts:
+            raise IkeLocalError("ChildConfig: local_ts and remote_ts need at least one selector")
+        if not self.proposals:
+            raise IkeLocalError("ChildConfig: proposals is empty")
+        for p in self.proposals:
+            _check_child_proposal(p, self.protocol, str(p))
+        if self.lifetime <= 0:
+            raise IkeLocalError("ChildConfig: lifetime must be > 0 seconds")
+        if self.rekey_time is not None and not 0 < self.rekey_time <= self.lifetime:
+            raise IkeLocalError("ChildConfig: rekey_time must be in (0, lifetime]")
+
+    @property
+    def soft_lifetime(self) -> float:
+        return self.rekey_time if self.rekey_time is not None else self.lifetime * 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class IkeConfig:
+    """One IKE connection with one peer.
+
+    ``remote_id`` ``None`` accepts any peer identity (the PSK still has to match).
+    ``local_address``/``remote_address`` (plain IPs) are what a responder's config
+    lookup matches on (see :func:`ipsecd.ike.engine.lookup_by_address`).
+    """
+
+    name: str
+    local_id: Identity
+    remote_id: Identity | None
+    psk: bytes = field(repr=False)
+    child: ChildConfig
+    ike_proposals: tuple[Proposal, ...] = DEFAULT_IKE_PROPOSALS
+    local_address: str | None = None
+    remote_address: str | None = None
+    role: Role = Role.EITHER
+    #: IKE SA lifetime in seconds (reported; IKE SA rekeying is not implemented yet).
+    ike_lifetime: float = 14400.0
+    retransmit: RetransmitConfig = RetransmitConfig()
+    #: A responder that got no IKE_AUTH request this long after IKE_SA_INIT gives up.
+    half_open_timeout: float = 30.0
+    #: Dead peer detection (RFC 7296 2.4): after this many seconds without an
+    #: authenticated message from the peer, send an empty INFORMATIONAL request; no
+    #: answer after the retransmissions fails the SA.  None: only on demand.
+    dpd_interval: float | None = None
+    #: Send INITIAL_CONTACT in IKE_AUTH (RFC 7296 2.4): the peer may then drop the
+    #: IKE SAs it still has with us.  Set it for the first IKE SA with a peer after the
+    #: agent (re)starts, not for every SA.
+    initial_contact: bool = False
+    #: Send and check NAT detection notifications (RFC 7296 2.23).
+    nat_traversal: bool = True
+    #: Pretend to be behind a NAT so that ESP is UDP-encapsulated (like charon's
+    #: ``encap = yes``).
+    force_encapsulation: bool = False
+    nonce_length: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise IkeLocalError("IkeConfig: name is empty")
+        if not self.psk:
+            raise IkeLocalError(f"IkeConfig {self.name!r}: psk is empty")
+        if not self.ike_proposals:
+            raise IkeLocalError(f"IkeConfig {self.name!r}: ike_proposals is empty")
+        for p in self.ike_proposals:
+            _check_ike_proposal(p, str(p))
+        # RFC 7296 2.10: at least 128 bits and half the PRF key size; 32 covers SHA-512.
+        if not 16 <= self.nonce_length <= 256:
+            raise IkeLocalError(f"IkeConfig {self.name!r}: nonce_length must be 16..256")
+        if self.dpd_interval is not None and self.dpd_interval <= 0:
+            raise IkeLocalError(f"IkeConfig {self.name!r}: dpd_interval must be > 0 (or None)")
+        if self.half_open_timeout <= 0 or self.ike_lifetime <= 0:
+            raise IkeLocalError(
+                f"IkeConfig {self.name!r}: half_open_timeout and ike_lifetime must be > 0"
+            )
+        for label, value in (
+            ("local_address", self.local_address),
+            ("remote_address", self.remote_address),
+        ):
+            if value is not None:
+                try:
+                    ipaddress.ip_address(value)
+                except ValueError as exc:
+                    raise IkeLocalError(
+                        f"IkeConfig {self.name!r}: {label} {value!r} is not an IP address"
+                    ) from exc
+
+
+def selectors(items: Iterable[str]) -> tuple[TrafficSelector, ...]:
+    """Selectors from CIDR strings: ``selectors(["10.0.0.0/24", "fd00::/64"])``."""
+    return tuple(TrafficSelector.from_cidr(i) for i in items)
