@@ -1,0 +1,385 @@
+"""``ipsecctl`` subcommands that talk to the controller over gRPC.
+
+    ipsecctl push FILE [--comment TEXT] [--base-revision N]
+    ipsecctl get [--revision N] [--show-secrets]
+    ipsecctl history | diff A B | rollback [N] | nodes | status [NODE]
+
+Every subcommand takes ``--controller HOST:PORT`` (default: ``$IPSECCTL_CONTROLLER``,
+else 127.0.0.1:7480) and ``-o table|json`` (tables for people, JSON for scripts).
+
+Exit codes (stable, for scripts):
+
+====  =============================================================
+0     success
+1     the SPD is invalid (diagnostics printed, nothing changed)
+2     usage error
+3     conflict: the base revision is no longer current (someone pushed first)
+4     not found (no such revision, no policy yet, unknown node)
+5     the controller is unreachable
+6     the controller cannot reach etcd
+7     permission denied (e.g. --show-secrets from another host)
+8     any other error
+====  =============================================================
+
+The channel is plaintext for now (loopback); :func:`channel_credentials` is the one
+place where client certificates plug in when the mTLS issue lands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf import json_format
+
+from ipsecd.v1 import policy_pb2, policy_pb2_grpc, status_pb2, status_pb2_grpc, types_pb2
+
+__all__ = ["EXIT", "main", "register"]
+
+DEFAULT_CONTROLLER = "127.0.0.1:7480"
+ENV_CONTROLLER = "IPSECCTL_CONTROLLER"
+RPC_TIMEOUT = 15.0
+
+EXIT = {
+    "ok": 0,
+    "invalid": 1,
+    "usage": 2,
+    "conflict": 3,
+    "not-found": 4,
+    "unreachable": 5,
+    "store-unavailable": 6,
+    "permission-denied": 7,
+    "error": 8,
+}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def channel_credentials() -> grpc.ChannelCredentials | None:
+    """None: plaintext.  The mTLS issue returns client-certificate credentials here."""
+    return None
+
+
+def _channel(address: str) -> grpc.aio.Channel:
+    creds = channel_credentials()
+    if creds is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, creds)
+
+
+def _map_rpc_error(exc: grpc.aio.AioRpcError, address: str) -> CliError:
+    kind = ""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "ipsecd-error":
+            kind = str(value)
+    code = exc.code()
+    details = exc.details() or code.name
+    if kind == "store-unavailable":
+        return CliError(f"the controller at {address} cannot reach etcd: {details}", kind)
+    if kind in EXIT:
+        return CliError(details, kind)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        first = details.splitlines()[0]
+        return CliError(
+            f"cannot reach the controller at {address} ({first}); is ipsecd-controller "
+            f"running? set --controller or ${ENV_CONTROLLER}",
+            "unreachable",
+        )
+    if code == grpc.StatusCode.NOT_FOUND:
+        return CliError(details, "not-found")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return CliError(details, "permission-denied")
+    return CliError(f"controller at {address}: {code.name}: {details}", "error")
+
+
+def _author() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def _when(ms: int) -> str:
+    if not ms:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def _ago(ms: int) -> str:
+    if not ms:
+        return "never"
+    secs = max(0, int(time.time() - ms / 1000))
+    if secs < 120:
+        return f"{secs}s ago"
+    if secs < 7200:
+        return f"{secs // 60}m ago"
+    return f"{secs // 3600}h ago"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _to_dict(msg: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+_HEALTH = {
+    types_pb2.HEALTH_UNSPECIFIED: "unknown",
+    types_pb2.HEALTH_OK: "ok",
+    types_pb2.HEALTH_DEGRADED: "degraded",
+    types_pb2.HEALTH_FAILING: "failing",
+}
+
+
+def _meta_row(m: types_pb2.RevisionMeta, current: int) -> list[str]:
+    note = m.comment
+    if m.rollback_of:
+        note = f"{note} (rollback of {m.rollback_of})".strip()
+    mark = "*" if m.revision == current else ""
+    return [f"{m.revision}{mark}", _when(m.created_unix_ms), m.author, m.sha256[:12], note]
+
+
+# -- commands -----------------------------------------------------------------------------
+async def _push(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
+    path = Path(args.file)
+    try:
+        text = path.read_text()
+        mode = path.stat().st_mode & 0o777
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc}", "error") from exc
+    req = policy_pb2.PushRequest(
+        text=text, filename=str(path), comment=args.comment or "", author=_author(), file_mode=mode
+    )
+    if args.base_revision is not None:
+        req.base_revision = args.base_revision
+    resp = await policy_pb2_grpc.PolicyServiceStub(ch).Push(req, timeout=RPC_TIMEOUT)
+    return _report_push(args, resp, "pushed")
+
+
+def _report_push(args: argparse.Namespace, resp: policy_pb2.PushResponse, verb: str) -> int:
+    if args.output == "json":
+        _print_json(_to_dict(resp))
+    elif not resp.accepted:
+        for d in resp.diagnostics:
+            print(d.rendered, file=sys.stderr)
+        print(f"error: policy rejected with {len(resp.diagnostics)} error(s); nothing changed",
+              file=sys.stderr)  # fmt: skip
+    elif resp.unchanged:
+        print(f"unchanged: revision {resp.revision.revision} already has this text")
+    else:
+        r = resp.revision
+        print(f"{verb} revision {r.revision} (sha256 {r.sha256[:12]}, base {r.base_revision})")
+    return EXIT["ok"] if resp.accepted else EXIT["invalid"]
+
+
+async def _get(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
+    req = policy_pb2.GetRequest(revision=args.revision or 0, show_secrets=args.show_secrets)
+    resp = await policy_pb2_grpc.PolicyServiceStub(ch).Get(req, timeout=RPC_TIMEOUT)
+    if args.output == "json":
+        _print_json(_to_dict(resp))
+    else:
+        sys.stdout.write(
+            resp.text if resp.text.endswith("\n") or not resp.text else resp.text + "\n"
+        )
+        note = " (secrets redacted; --show-secrets to see them)" if resp.redacted else ""
+        print(
+            f"# revision {resp.meta.revision} of {resp.current_revision}, "
+            f"backup {resp.backup_revision or '-'}{note}",
+            file=sys.stderr,
+        )
+    return EXIT["ok"]
+
+
+async def _history(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
+    req = policy_pb2.HistoryRequest(limit=args.limit or 0)
+    resp = await policy_pb2_grpc.PolicyServiceStub(ch).History(req, timeout=RPC_TIMEOUT)
+    if args.output == "json":
+        _print_json(_to_dict(resp))
+    else:
+        rows = [_meta_row(m, resp.current_revision) for m in resp.revisions]
+        print(_table(["REVISION", "CREATED", "AUTHOR", "SHA256", "COMMENT"], rows))
+    return EXIT["ok"]
+
+
+async def _diff(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
+    req = policy_pb2.DiffRequest(a=args.a, b=args.b, show_secrets=args.show_secrets)
+    resp = await policy_pb2_grpc.PolicyServiceStub(ch).Diff(req, timeout=RPC_TIMEOUT)
+    if args.output == "json":
+        _print_json(_to_dict(resp))
+    else:
+        sys.stdout.write(resp.unified_diff)
+    return EXIT["ok"]
+
+
+async def _rollback(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
+    req = policy_pb2.RollbackRequest(
+        revision=args.revision or 0, comment=args.comment or "", author=_author()
+    )
+    if args.base_revision is not None:
+        req.base_revision = args.base_revision
+    resp = await policy_pb2_grpc.PolicyServiceStub(ch).Rollback(req, timeout=RPC_TIMEOUT)
+    return _report_push(args, resp, "rolled back: new")
+
+
+def _node_row(n: status_pb2.NodeInfo) -> list[str]:
+    st = n.status
+    return [
+        n.name,
+        "yes" if n.connected else "no",
+        n.controller or "-",
+        str(st.applied_revision or "-"),
+        _HEALTH.get(st.health, str(st.health)),
+        str(st.ike_sas),
+        str(st.child_sas),
+        _ago(n.last_seen_unix_ms),
+    ]
+
+
+_NODE_HEADERS = ["NODE", "CONNECTED", "CONTROLLER", "REVISION", "HEALTH", "IKE", "CHILD", "SEEN"]
+
+
+async def _nodes(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
+    resp = await status_pb2_grpc.StatusServiceStub(ch).ListNodes(
+        status_pb2.ListNodesRequest(), timeout=RPC_TIMEOUT
+    )
+    if args.output == "json":
+        _print_json(_to_dict(resp))
+    else:
+        print(_table(_NODE_HEADERS, [_node_row(n) for n in resp.nodes]))
+        print(f"# current revision {resp.current_revision or '-'}", file=sys.stderr)
+    return EXIT["ok"]
+
+
+async def _status(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
+    if not args.node:
+        return await _nodes(args, ch)
+    stub = status_pb2_grpc.StatusServiceStub(ch)
+    resp = await stub.GetNodeStatus(
+        status_pb2.NodeStatusRequest(node=args.node, timeout_seconds=args.timeout),
+        timeout=args.timeout + RPC_TIMEOUT,
+    )
+    if args.output == "json":
+        _print_json(_to_dict(resp))
+        return EXIT["ok"]
+    print(_table(_NODE_HEADERS, [_node_row(resp.node)]))
+    if resp.node.status.detail:
+        print(f"detail: {resp.node.status.detail}")
+    if resp.stale:
+        print(f"stale: last report shown ({resp.note})")
+    else:
+        print("live: answered by the node just now")
+    return EXIT["ok"]
+
+
+Command = Callable[[argparse.Namespace, grpc.aio.Channel], Awaitable[int]]
+
+
+def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        address = (
+            args.sub_controller
+            or getattr(args, "controller", None)
+            or os.environ.get(ENV_CONTROLLER)
+            or DEFAULT_CONTROLLER
+        )
+
+        async def go() -> int:
+            async with _channel(address) as ch:
+                try:
+                    return await command(args, ch)
+                except grpc.aio.AioRpcError as exc:
+                    raise _map_rpc_error(exc, address) from exc
+
+        try:
+            return asyncio.run(go())
+        except CliError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT[exc.kind]
+
+    return run
+
+
+def register(subparsers: Any) -> None:
+    """Add the remote subcommands to ``ipsecctl``'s subparsers (called by cli.py)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--controller",
+        dest="sub_controller",  # a top-level --controller (dest "controller") also works
+        metavar="HOST:PORT",
+        help=f"controller address (default ${ENV_CONTROLLER} or {DEFAULT_CONTROLLER})",
+    )
+    common.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    def add(name: str, command: Command, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], help=help_text)
+        p.set_defaults(func=_runner(command))
+        return p
+
+    p = add("push", _push, "validate FILE on the controller and make it the current policy")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--comment", "-m", help="why (kept in the history)")
+    p.add_argument("--base-revision", type=int, metavar="N",
+                   help="fail with a conflict unless revision N is still current")  # fmt: skip
+
+    p = add("get", _get, "print a policy revision (secrets redacted)")
+    p.add_argument("--revision", "-r", type=int, metavar="N", help="default: current")
+    p.add_argument("--show-secrets", action="store_true", help="show literal keys")
+
+    p = add("history", _history, "list policy revisions, newest first (* = current)")
+    p.add_argument("--limit", type=int, metavar="N")
+
+    p = add("diff", _diff, "unified diff between revisions A and B (0 = current)")
+    p.add_argument("a", type=int, metavar="A")
+    p.add_argument("b", type=int, metavar="B")
+    p.add_argument("--show-secrets", action="store_true")
+
+    p = add("rollback", _rollback, "make revision N (default: the backup) current again")
+    p.add_argument("revision", type=int, nargs="?", metavar="N")
+    p.add_argument("--comment", "-m")
+    p.add_argument("--base-revision", type=int, metavar="N")
+
+    add("nodes", _nodes, "list nodes: revision applied, health, SA counts, last seen")
+
+    p = add("status", _status, "node status; with NODE, ask the node live")
+    p.add_argument("node", nargs="?", metavar="NODE")
+    p.add_argument("--timeout", type=float, default=2.0, help="live query timeout (s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (the remote subcommands only); ``ipsecctl`` is cli.py."""
+    parser = argparse.ArgumentParser(prog="ipsecctl")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

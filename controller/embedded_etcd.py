@@ -1,0 +1,165 @@
+"""Run a private ``etcd`` (Debian's etcd-server binary from PATH) for one controller.
+
+``ipsecd-controller`` without ``--etcd`` uses this: one machine works out of the box.
+The test fixture (tests/support/etcd.py) uses the same class.  The process is always
+killed by :meth:`EtcdProcess.stop` (and by an ``atexit`` hook as a last resort).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+__all__ = ["EtcdNotFound", "EtcdProcess", "EtcdStartError", "free_port"]
+
+
+class EtcdNotFound(RuntimeError):
+    """No ``etcd`` binary on PATH."""
+
+
+class EtcdStartError(RuntimeError):
+    """etcd did not become healthy."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EtcdProcess:
+    """One etcd member on ``host`` with its data under ``data_dir``.
+
+    Ports are chosen once (free ports) and kept across :meth:`restart`, so clients can
+    reconnect to the same URL.  The child gets PR_SET_PDEATHSIG: it dies with the thread
+    that started it, so call :meth:`start` from a thread that outlives it (the main one).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        binary: str | None = None,
+    ) -> None:
+        found = binary or shutil.which("etcd")
+        if not found:
+            raise EtcdNotFound(
+                "no `etcd` binary on PATH: install the Debian package etcd-server "
+                "(apt-get install etcd-server) or pass --etcd URL of an existing cluster"
+            )
+        self.binary = found
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.client_port = client_port or free_port(host)
+        self.peer_port = peer_port or free_port(host)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        atexit.register(self.stop)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        peer = f"http://{self.host}:{self.peer_port}"
+        cmd = [
+            self.binary,
+            "--name", "ipsecd",
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"ipsecd={peer}",
+            "--log-level", "warn",
+            "--logger", "zap",
+        ]  # fmt: skip
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                [*self._die_with_parent(), *cmd],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        self._wait_healthy(timeout)
+
+    @staticmethod
+    def _die_with_parent() -> list[str]:
+        """``setpriv --pdeathsig KILL``: if the controller dies (even by SIGKILL) the
+        kernel kills its etcd.  (Not a preexec_fn: running Python between fork and exec
+        in a process with gRPC threads can crash the child.)"""
+        setpriv = shutil.which("setpriv")  # util-linux, always on Debian
+        return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise EtcdStartError(
+                    f"etcd exited with status {self.proc.returncode} at start; "
+                    f"see {self.log_path}: {self._log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+                    if b'"true"' in resp.read():
+                        return
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        self.stop()
+        raise EtcdStartError(
+            f"etcd on {self.url} not healthy after {timeout:.0f}s ({last}); see {self.log_path}"
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-500:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, *, kill: bool = False) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def rss_bytes(self) -> int:
+        """Resident set size of the etcd process (0 when not running)."""
+        if self.proc is None:
+            return 0
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return 0
+        return 0

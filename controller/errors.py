@@ -1,0 +1,36 @@
+"""Typed controller errors.  Each names the place and the fix.
+
+They are raised by the store, the revision repository and the registry, and mapped to
+gRPC status codes in one place (:data:`controller.server.STATUS_OF`); ``ipsecctl``
+maps status codes to exit codes (:mod:`controller.cli_remote`).
+"""
+
+from __future__ import annotations
+
+
+class ControllerError(Exception):
+    """Base class of every error the controller reports to a client."""
+
+
+class StoreUnavailable(ControllerError):
+    """etcd did not answer (down, partitioned, or too slow)."""
+
+
+class StoreCompacted(ControllerError):
+    """A watch asked for history that etcd has compacted away; reload and watch again."""
+
+
+class ConflictError(ControllerError):
+    """The base revision of a push/rollback is no longer current (someone pushed first)."""
+
+
+class RevisionNotFound(ControllerError):
+    """No such policy revision (or no policy pushed yet)."""
+
+
+class PermissionDenied(ControllerError):
+    """The caller may not do this (e.g. see secrets)."""
+
+
+class ValidatorUnavailable(ControllerError):
+    """The SPD compiler (ipsecd.spd) cannot be imported: the installation is incomplete."""

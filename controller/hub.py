@@ -1,0 +1,193 @@
+"""Fan-out of policy revisions to agent streams: serialize once, share the bytes.
+
+Each connected agent has a :class:`StreamState`: a tiny bounded "queue" of three
+slots — control messages (pings, live queries; at most :data:`CONTROL_SLOTS`), the
+newest policy update not yet written, the newest node directory not yet written.  A
+new revision *replaces* the pending one (coalesce to the latest), so a slow or stuck
+agent holds at most one policy message and never delays anyone: :meth:`Hub.publish`
+only fills slots and sets events, it never awaits a stream.
+
+Every message is a ``ControllerMessage`` serialized ONCE into ``bytes``; the agent
+stream's gRPC response serializer passes bytes through, so the same object is written
+to every stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.revisions import Revision
+from ipsecd.v1 import agent_pb2, types_pb2
+
+__all__ = ["CONTROL_SLOTS", "Hub", "Published", "StreamState"]
+
+CONTROL_SLOTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The newest revision, as the bytes every stream gets."""
+
+    revision: int
+    sha256: str
+    message: agent_pb2.PolicyRevision = field(repr=False)
+    update_bytes: bytes = field(repr=False)
+
+
+class StreamState:
+    """One agent stream as the hub sees it."""
+
+    __slots__ = (
+        "closed",
+        "control",
+        "directory",
+        "killed",
+        "last_rx",
+        "node",
+        "pending_dir",
+        "pending_policy",
+        "sent_dir_version",
+        "sent_rev",
+        "task",
+        "wake",
+    )
+
+    def __init__(self, node: str, *, directory: bool, sent_rev: int) -> None:
+        self.node = node
+        self.directory = directory
+        self.sent_rev = sent_rev
+        self.sent_dir_version = 0
+        self.pending_policy: tuple[int, bytes] | None = None
+        self.pending_dir: tuple[int, bytes] | None = None
+        self.control: deque[bytes] = deque(maxlen=CONTROL_SLOTS)
+        self.wake = asyncio.Event()
+        self.last_rx = time.monotonic()
+        self.closed = False
+        self.killed = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def offer_policy(self, revision: int, data: bytes) -> None:
+        if revision > self.sent_rev:
+            self.pending_policy = (revision, data)  # replaces an unsent older one
+            self.wake.set()
+
+    def offer_directory(self, version: int, data: bytes) -> None:
+        if self.directory and version > self.sent_dir_version:
+            self.pending_dir = (version, data)
+            self.wake.set()
+
+    def offer_control(self, data: bytes) -> None:
+        self.control.append(data)  # bounded: the oldest control message is dropped
+        self.wake.set()
+
+    def next_message(self) -> bytes | None:
+        """The next bytes to write, or None when nothing is pending."""
+        if self.control:
+            return self.control.popleft()
+        if self.pending_policy is not None:
+            revision, data = self.pending_policy
+            self.pending_policy = None
+            if revision > self.sent_rev:
+                self.sent_rev = revision
+                return data
+        if self.pending_dir is not None:
+            version, data = self.pending_dir
+            self.pending_dir = None
+            if version > self.sent_dir_version:
+                self.sent_dir_version = version
+                return data
+        return None
+
+    def close(self, *, kill: bool = False) -> None:
+        self.closed = True
+        if kill and not self.killed and self.task is not None:
+            self.killed = True
+            self.task.cancel()
+        self.wake.set()
+
+
+def policy_message(rev: Revision) -> agent_pb2.PolicyRevision:
+    return agent_pb2.PolicyRevision(
+        revision=rev.revision,
+        sha256=rev.sha256,
+        text=rev.text,
+        created_unix_ms=rev.created_unix_ms,
+        policy_digest=rev.policy_digest,
+    )
+
+
+class Hub:
+    """The streams of this replica and the newest revision/directory they follow."""
+
+    def __init__(self, replica_id: str) -> None:
+        self.replica_id = replica_id
+        self.streams: dict[str, StreamState] = {}
+        self.latest: Published | None = None
+        self.directory_version = 0
+        self.directory_bytes: bytes | None = None
+        self.directory_message = agent_pb2.NodeDirectory()
+        self.serializations = 0  # policy updates serialized (one per revision): for tests
+        self._snapshot_cache: dict[tuple[int, int, bool], bytes] = {}
+
+    def publish(self, rev: Revision) -> bool:
+        """Make ``rev`` the newest; False when it is not newer than what we have."""
+        if self.latest is not None and rev.revision <= self.latest.revision:
+            return False
+        msg = policy_message(rev)
+        data = agent_pb2.ControllerMessage(
+            update=agent_pb2.PolicyUpdate(policy=msg)
+        ).SerializeToString()
+        self.serializations += 1
+        self.latest = Published(rev.revision, rev.sha256, msg, data)
+        self._snapshot_cache.clear()
+        for stream in self.streams.values():
+            stream.offer_policy(rev.revision, data)
+        return True
+
+    def publish_directory(self, nodes: list[types_pb2.NodeEntry]) -> None:
+        self.directory_version += 1
+        self.directory_message = agent_pb2.NodeDirectory(
+            version=self.directory_version, nodes=nodes
+        )
+        data = agent_pb2.ControllerMessage(directory=self.directory_message).SerializeToString()
+        self.directory_bytes = data
+        self._snapshot_cache.clear()
+        for stream in self.streams.values():
+            stream.offer_directory(self.directory_version, data)
+
+    def snapshot_bytes(self, with_directory: bool) -> bytes:
+        """The full-state message (cached per revision, directory version and kind)."""
+        rev = self.latest.revision if self.latest else 0
+        key = (rev, self.directory_version if with_directory else 0, with_directory)
+        data = self._snapshot_cache.get(key)
+        if data is None:
+            snap = agent_pb2.Snapshot(controller=self.replica_id)
+            if self.latest is not None:
+                snap.policy.CopyFrom(self.latest.message)
+            if with_directory:
+                snap.directory.CopyFrom(self.directory_message)
+            data = agent_pb2.ControllerMessage(snapshot=snap).SerializeToString()
+            self._snapshot_cache[key] = data
+        return data
+
+    def resume_bytes(self) -> bytes:
+        current = self.latest.revision if self.latest else 0
+        return agent_pb2.ControllerMessage(
+            resume=agent_pb2.Resume(current_revision=current, controller=self.replica_id)
+        ).SerializeToString()
+
+    def add(self, stream: StreamState) -> StreamState | None:
+        """Register ``stream``; returns the older stream of the same node, if any."""
+        old = self.streams.get(stream.node)
+        self.streams[stream.node] = stream
+        return old
+
+    def remove(self, stream: StreamState) -> bool:
+        if self.streams.get(stream.node) is stream:
+            del self.streams[stream.node]
+            return True
+        return False

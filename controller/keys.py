@@ -1,0 +1,62 @@
+"""Where the controller keeps things in etcd (all under one configurable root)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key layout under ``root`` (default ``/ipsecd/``).
+
+    * ``policy/current``          the current revision number (decimal), moved by CAS only
+    * ``policy/rev/<20 digits>``  one JSON record per revision, append-only, never deleted
+    * ``nodes/<name>``            node record: addresses, labels, last status (persistent)
+    * ``conn/<name>``             which replica holds the node's stream (replica lease)
+    * ``replicas/<id>``           a live controller replica and its address (its lease)
+    * ``leader``                  the elected replica (its lease)
+    """
+
+    root: str = "/ipsecd/"
+
+    def __post_init__(self) -> None:
+        if not (self.root.startswith("/") and self.root.endswith("/")):
+            raise ValueError(f"etcd key root {self.root!r} must start and end with '/'")
+
+    @property
+    def current(self) -> str:
+        return f"{self.root}policy/current"
+
+    @property
+    def revisions(self) -> str:
+        return f"{self.root}policy/rev/"
+
+    def revision(self, number: int) -> str:
+        return f"{self.revisions}{number:020d}"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.root}nodes/"
+
+    def node(self, name: str) -> str:
+        return f"{self.nodes}{name}"
+
+    @property
+    def conns(self) -> str:
+        return f"{self.root}conn/"
+
+    def conn(self, name: str) -> str:
+        return f"{self.conns}{name}"
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.root}replicas/"
+
+    def replica(self, replica_id: str) -> str:
+        return f"{self.replicas}{replica_id}"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.root}leader"

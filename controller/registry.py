@@ -1,0 +1,287 @@
+"""Node registry: who the nodes are, what they last reported, which replica serves them.
+
+Two keys per node (see :class:`controller.keys.Keys`):
+
+* ``nodes/<name>`` — persistent JSON record: addresses, labels, last status, last seen.
+  The node directory and ``ipsecctl status`` come from these.
+* ``conn/<name>`` — bound to the serving replica's etcd lease: the node is connected,
+  and to which replica.  If the replica dies its lease expires and the key goes away;
+  the agent reconnects to another replica, which writes it again.
+
+Writes are batched: a flush loop writes the records that changed (status reports only
+count as a change when revision/health/SA counts change, or every ``touch_interval``
+seconds for ``last seen``), so 5,000 agents reporting every 10 s do not become 500
+etcd writes a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.errors import StoreUnavailable
+from controller.keys import Keys
+from controller.store import Store, WatchEvent
+from ipsecd.v1 import agent_pb2, status_pb2, types_pb2
+
+__all__ = ["NodeView", "Registry"]
+
+_log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def status_to_dict(status: types_pb2.NodeStatus) -> dict[str, Any]:
+    return {
+        "applied_revision": status.applied_revision,
+        "health": int(status.health),
+        "ike_sas": status.ike_sas,
+        "child_sas": status.child_sas,
+        "detail": status.detail,
+        "reported_unix_ms": status.reported_unix_ms,
+    }
+
+
+@dataclass(slots=True)
+class LocalNode:
+    """A node whose stream this replica serves."""
+
+    record: dict[str, Any]
+    version: int = 1  # bumped on every change; ``written`` is the version last persisted
+    written: int = 0
+    conn_lease: int = 0  # the lease the conn key was last written with
+
+    @property
+    def dirty(self) -> bool:
+        return self.version != self.written
+
+    def touch(self) -> None:
+        self.version += 1
+
+    persisted_ms: int = 0
+    status_key: tuple[int, int, int, int] = field(default=(0, 0, 0, 0))
+
+
+class NodeView:
+    """Every node of the cluster as seen through this replica's etcd watch."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self.records: dict[str, dict[str, Any]] = {}
+        self.conns: dict[str, dict[str, Any]] = {}
+        self.replicas: dict[str, dict[str, Any]] = {}
+        self.directory_changed = False
+
+    def load(self, nodes: list[tuple[str, bytes]], conns: list[tuple[str, bytes]]) -> None:
+        self.records.clear()
+        self.conns.clear()
+        for key, value in nodes:
+            self.apply(WatchEvent(key, value, 0))
+        for key, value in conns:
+            self.apply(WatchEvent(key, value, 0))
+        self.directory_changed = True
+
+    def apply(self, event: WatchEvent) -> None:
+        key = event.key
+        if key.startswith(self.keys.nodes):
+            name = key[len(self.keys.nodes) :]
+            old = self.records.get(name)
+            if event.value is None:
+                self.records.pop(name, None)
+                self.directory_changed = True
+                return
+            try:
+                rec = json.loads(event.value)
+            except ValueError:
+                _log.warning("ignoring malformed node record %s", key)
+                return
+            self.records[name] = rec
+            if old is None or _entry_key(old) != _entry_key(rec):
+                self.directory_changed = True
+        elif key.startswith(self.keys.conns):
+            name = key[len(self.keys.conns) :]
+            if event.value is None:
+                self.conns.pop(name, None)
+            else:
+                self.conns[name] = json.loads(event.value)
+        elif key.startswith(self.keys.replicas):
+            rid = key[len(self.keys.replicas) :]
+            if event.value is None:
+                self.replicas.pop(rid, None)
+            else:
+                self.replicas[rid] = json.loads(event.value)
+
+    def directory(self) -> list[types_pb2.NodeEntry]:
+        return [
+            types_pb2.NodeEntry(
+                name=name, addresses=rec.get("addresses", []), labels=rec.get("labels", {})
+            )
+            for name, rec in sorted(self.records.items())
+        ]
+
+    def node_info(self, name: str, live: dict[str, int]) -> status_pb2.NodeInfo | None:
+        rec = self.records.get(name)
+        if rec is None:
+            return None
+        conn = self.conns.get(name)
+        st = rec.get("status") or {}
+        return status_pb2.NodeInfo(
+            name=name,
+            addresses=rec.get("addresses", []),
+            labels=rec.get("labels", {}),
+            connected=conn is not None,
+            controller=(conn or {}).get("replica", ""),
+            status=types_pb2.NodeStatus(**st),
+            last_seen_unix_ms=max(int(rec.get("last_seen_unix_ms", 0)), live.get(name, 0)),
+        )
+
+
+def _copy_record(rec: dict[str, Any]) -> dict[str, Any]:
+    out = dict(rec)
+    for key in ("status", "labels"):
+        if key in out:
+            out[key] = dict(out[key])
+    return out
+
+
+def _entry_key(rec: dict[str, Any]) -> tuple[Any, ...]:
+    return (tuple(rec.get("addresses", [])), tuple(sorted(rec.get("labels", {}).items())))
+
+
+class Registry:
+    """This replica's writes to the node registry (batched, see module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        replica_id: str,
+        address: str,
+        *,
+        touch_interval: float,
+        view: NodeView | None = None,
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.keys = keys
+        self.replica_id = replica_id
+        self.address = address
+        self.touch_interval_ms = int(touch_interval * 1000)
+        self.local: dict[str, LocalNode] = {}
+        self.last_seen: dict[str, int] = {}
+        self.conn_deletes: set[str] = set()
+        self._pending_final: list[dict[str, Any]] = []
+
+    def connected(self, hello: agent_pb2.Hello, previous: dict[str, Any] | None) -> None:
+        now = _now_ms()
+        record: dict[str, Any] = {
+            "name": hello.node,
+            "addresses": list(hello.addresses),
+            "labels": dict(hello.labels),
+            "capabilities": list(hello.capabilities),
+            "status": dict((previous or {}).get("status") or {}),
+            "last_seen_unix_ms": now,
+            "controller": self.replica_id,
+        }
+        self.local[hello.node] = LocalNode(record)
+        self.last_seen[hello.node] = now
+        self.conn_deletes.discard(hello.node)
+
+    def seen(self, node: str) -> None:
+        self.last_seen[node] = _now_ms()
+
+    def reported(self, node: str, status: types_pb2.NodeStatus) -> None:
+        local = self.local.get(node)
+        if local is None:
+            return
+        now = _now_ms()
+        self.last_seen[node] = now
+        if not status.reported_unix_ms:
+            status.reported_unix_ms = now
+        key = (status.applied_revision, int(status.health), status.ike_sas, status.child_sas)
+        local.record["status"] = status_to_dict(status)
+        local.record["last_seen_unix_ms"] = now
+        if key != local.status_key or now - local.persisted_ms > self.touch_interval_ms:
+            local.status_key = key
+            local.touch()
+
+    def acked(self, node: str, ack: agent_pb2.Ack) -> None:
+        local = self.local.get(node)
+        if local is None:
+            return
+        now = _now_ms()
+        st = local.record["status"]
+        if ack.ok:
+            st["applied_revision"] = ack.revision
+            if st.get("health", 0) in (types_pb2.HEALTH_UNSPECIFIED, types_pb2.HEALTH_FAILING):
+                st["health"] = int(types_pb2.HEALTH_OK)
+                st["detail"] = ""
+        else:
+            st["health"] = int(types_pb2.HEALTH_FAILING)
+            st["detail"] = f"revision {ack.revision} not applied: {ack.error}"
+        st["reported_unix_ms"] = now
+        self.last_seen[node] = now
+        local.record["last_seen_unix_ms"] = now
+        local.status_key = (
+            int(st.get("applied_revision", 0)),
+            int(st.get("health", 0)),
+            int(st.get("ike_sas", 0)),
+            int(st.get("child_sas", 0)),
+        )
+        local.touch()
+
+    def disconnected(self, node: str) -> None:
+        local = self.local.pop(node, None)
+        if local is not None:
+            local.record["last_seen_unix_ms"] = self.last_seen.pop(node, _now_ms())
+            self._pending_final.append(local.record)
+        self.conn_deletes.add(node)
+
+    async def flush(self, lease: int) -> int:
+        """Write what changed; returns the number of keys written or deleted."""
+        now = _now_ms()
+        conns: list[tuple[str, bytes]] = []
+        finals, self._pending_final = self._pending_final, []
+        written: list[tuple[str, dict[str, Any]]] = [(self.keys.node(r["name"]), r) for r in finals]
+        conn_value = json.dumps({"replica": self.replica_id, "address": self.address}).encode()
+        taken: list[tuple[LocalNode, int]] = []
+        for name, local in self.local.items():
+            if local.dirty:
+                local.record["last_seen_unix_ms"] = self.last_seen.get(name, now)
+                written.append((self.keys.node(name), _copy_record(local.record)))
+                taken.append((local, local.version))
+            if lease and local.conn_lease != lease:  # new stream, or a new replica lease
+                conns.append((self.keys.conn(name), conn_value))
+        written = list(dict(written).items())  # one write per key: the newest record wins
+        records = [(key, json.dumps(rec).encode()) for key, rec in written]
+        deletes = sorted(self.conn_deletes)
+        if self.view is not None:  # the node may have moved to another replica meanwhile
+            mine = (None, self.replica_id)
+            moved = [n for n in deletes if self.view.conns.get(n, {}).get("replica") not in mine]
+            self.conn_deletes.difference_update(moved)
+            deletes = [n for n in deletes if n not in moved]
+        try:
+            if records:
+                await self.store.put_many(records)
+            if conns:
+                await self.store.put_many(conns, lease=lease)
+            if deletes:
+                await self.store.delete_many([self.keys.conn(n) for n in deletes])
+        except StoreUnavailable:
+            self._pending_final = finals + self._pending_final
+            raise
+        for local, version in taken:  # changes made while we awaited stay dirty
+            local.written = version
+            local.persisted_ms = now
+        if conns:
+            for name, _ in conns:
+                node = self.local.get(name[len(self.keys.conns) :])
+                if node is not None:
+                    node.conn_lease = lease
+        self.conn_deletes.difference_update(deletes)
+        return len(records) + len(conns) + len(deletes)

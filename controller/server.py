@@ -1,0 +1,705 @@
+"""The controller process: gRPC services over the store, one etcd watch, agent fan-out.
+
+* :class:`PolicyServicer` — push/get/validate/history/diff/rollback (``ipsecctl``);
+* agent streams (``AgentService.Connect``) — registered by hand with a response
+  serializer that passes ``bytes`` through, so each revision is serialized once
+  (:mod:`controller.hub`) and the same bytes go to every stream;
+* :class:`StatusServicer` — node list and live per-node status (forwarded to the
+  replica that holds the node's stream when it is not this one);
+* two etcd watches per process (not per agent): the policy watch feeds the newest
+  revision to the fan-out, the registry watch the node directory and the node/replica
+  view; both resync after etcd restarts or compaction;
+* a replica lease (liveness of this replica's ``conn/`` and ``replicas/`` keys) and
+  leader election on it: the leader does the single-owner work (etcd compaction).
+
+Credentials are pluggable: :meth:`Controller.start` takes ``grpc.ServerCredentials``
+(plaintext when None — acceptable on loopback until the mTLS issue lands), and the
+:class:`Authorizer` decides who may see secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import grpc.aio
+
+from controller.errors import (
+    ConflictError,
+    ControllerError,
+    PermissionDenied,
+    RevisionNotFound,
+    StoreCompacted,
+    StoreUnavailable,
+    ValidatorUnavailable,
+)
+from controller.hub import Hub, StreamState
+from controller.keys import Keys
+from controller.registry import NodeView, Registry
+from controller.revisions import PolicyRepo, PushOutcome, Revision
+from controller.spdcheck import redact, validate
+from controller.store import Store, WatchEvent
+from ipsecd.v1 import (
+    agent_pb2,
+    policy_pb2,
+    policy_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+    types_pb2,
+)
+
+__all__ = ["STATUS_OF", "Authorizer", "Controller", "ControllerConfig", "LoopbackAuthorizer"]
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The one mapping of controller errors to gRPC status codes.  The kind travels in the
+# trailing metadata (``ipsecd-error``) so clients can tell "etcd is down" from "the
+# controller is down" (both UNAVAILABLE).
+STATUS_OF: dict[type[ControllerError], tuple[grpc.StatusCode, str]] = {
+    ConflictError: (grpc.StatusCode.ABORTED, "conflict"),
+    RevisionNotFound: (grpc.StatusCode.NOT_FOUND, "not-found"),
+    StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, "store-unavailable"),
+    StoreCompacted: (grpc.StatusCode.UNAVAILABLE, "store-unavailable"),
+    PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "permission-denied"),
+    ValidatorUnavailable: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
+}
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # gRPC keepalive: HTTP/2 pings find dead TCP peers; the app-level Ping/Pong in the
+    # agent stream finds streams that are open but no longer served.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_concurrent_streams", 1_000_000),
+]
+
+
+class Authorizer(Protocol):
+    """Who may do what.  The mTLS issue replaces the default with certificate roles."""
+
+    def may_show_secrets(self, context: grpc.aio.ServicerContext) -> bool: ...
+
+
+class LoopbackAuthorizer:
+    """Interim rule while the API is plaintext: secrets only for callers on this host.
+
+    Later (mTLS): a client certificate issued by the cluster CA with the admin role.
+    """
+
+    def may_show_secrets(self, context: grpc.aio.ServicerContext) -> bool:
+        peer = context.peer() or ""
+        return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    replica_id: str
+    advertise: str  # host:port other replicas and agents use to reach this one
+    key_root: str = "/ipsecd/"
+    lease_ttl: int = 10
+    ping_interval: float = 10.0
+    ping_timeout: float = 35.0
+    hello_timeout: float = 10.0
+    flush_interval: float = 1.0
+    touch_interval: float = 30.0
+    directory_interval: float = 1.0
+    query_timeout: float = 2.0
+    compact_interval: float = 300.0
+    compact_keep: int = 10_000
+
+
+def _meta(rev: Revision) -> types_pb2.RevisionMeta:
+    return types_pb2.RevisionMeta(
+        revision=rev.revision,
+        author=rev.author,
+        created_unix_ms=rev.created_unix_ms,
+        sha256=rev.sha256,
+        comment=rev.comment,
+        base_revision=rev.base_revision,
+        rollback_of=rev.rollback_of,
+        filename=rev.filename,
+        policy_digest=rev.policy_digest,
+    )
+
+
+def _diag_msgs(outcome_diags: Any) -> list[types_pb2.Diagnostic]:
+    return [
+        types_pb2.Diagnostic(
+            file=d.file,
+            line=d.line,
+            column=d.column,
+            message=d.message,
+            hint=d.hint,
+            rendered=d.rendered,
+        )
+        for d in outcome_diags
+    ]
+
+
+async def _guard(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
+    """Run ``work``; map controller errors to status codes (never a stack trace)."""
+    try:
+        return await work
+    except ControllerError as exc:
+        code, kind = STATUS_OF.get(type(exc), (grpc.StatusCode.INTERNAL, "internal"))
+        context.set_trailing_metadata((("ipsecd-error", kind),))
+        await context.abort(code, str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+def _push_response(outcome: PushOutcome) -> policy_pb2.PushResponse:
+    resp = policy_pb2.PushResponse(accepted=outcome.accepted, unchanged=outcome.unchanged)
+    if outcome.revision is not None:
+        resp.revision.CopyFrom(_meta(outcome.revision))
+    resp.diagnostics.extend(_diag_msgs(outcome.diagnostics))
+    return resp
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    async def Push(self, request: Any, context: Any) -> policy_pb2.PushResponse:
+        outcome = await _guard(
+            context,
+            self.c.repo.push(
+                request.text,
+                filename=request.filename,
+                comment=request.comment,
+                author=request.author,
+                base=request.base_revision if request.HasField("base_revision") else None,
+                file_mode=request.file_mode if request.HasField("file_mode") else None,
+            ),
+        )
+        if outcome.revision is not None and not outcome.unchanged:
+            _log.info(
+                "revision %d pushed by %s (%s)",
+                outcome.revision.revision,
+                outcome.revision.author,
+                outcome.revision.sha256[:12],
+            )
+        return _push_response(outcome)
+
+    async def Rollback(self, request: Any, context: Any) -> policy_pb2.PushResponse:
+        outcome = await _guard(
+            context,
+            self.c.repo.rollback(
+                request.revision,
+                comment=request.comment,
+                author=request.author,
+                base=request.base_revision if request.HasField("base_revision") else None,
+            ),
+        )
+        return _push_response(outcome)
+
+    async def _check_secrets(self, show: bool, context: Any) -> None:
+        if show and not self.c.authorizer.may_show_secrets(context):
+            raise PermissionDenied(
+                "showing secrets is only allowed from this host until mTLS is enabled "
+                "(later: a client certificate with the admin role); retry without "
+                "--show-secrets"
+            )
+
+    async def Get(self, request: Any, context: Any) -> policy_pb2.GetResponse:
+        async def work() -> policy_pb2.GetResponse:
+            await self._check_secrets(request.show_secrets, context)
+            rev = await self.c.repo.resolve(request.revision)
+            current = await self.c.repo.current_number()
+            backup = (await self.c.repo.read(current)).base_revision if current else 0
+            text = rev.text if request.show_secrets else redact(rev.text)
+            return policy_pb2.GetResponse(
+                meta=_meta(rev),
+                text=text,
+                redacted=not request.show_secrets,
+                current_revision=current,
+                backup_revision=backup,
+            )
+
+        return await _guard(context, work())
+
+    async def Validate(self, request: Any, context: Any) -> policy_pb2.ValidateResponse:
+        async def work() -> policy_pb2.ValidateResponse:
+            mode = request.file_mode if request.HasField("file_mode") else None
+            result = validate(request.text, request.filename, mode)
+            return policy_pb2.ValidateResponse(
+                ok=result.ok, diagnostics=_diag_msgs(result.diagnostics)
+            )
+
+        return await _guard(context, work())
+
+    async def History(self, request: Any, context: Any) -> policy_pb2.HistoryResponse:
+        async def work() -> policy_pb2.HistoryResponse:
+            revs = await self.c.repo.history(request.limit)
+            current = await self.c.repo.current_number()
+            return policy_pb2.HistoryResponse(
+                revisions=[_meta(r) for r in revs], current_revision=current
+            )
+
+        return await _guard(context, work())
+
+    async def Diff(self, request: Any, context: Any) -> policy_pb2.DiffResponse:
+        async def work() -> policy_pb2.DiffResponse:
+            await self._check_secrets(request.show_secrets, context)
+            text = await self.c.repo.diff(request.a, request.b, show_secrets=request.show_secrets)
+            return policy_pb2.DiffResponse(unified_diff=text, redacted=not request.show_secrets)
+
+        return await _guard(context, work())
+
+
+class StatusServicer(status_pb2_grpc.StatusServiceServicer):
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    async def ListNodes(self, request: Any, context: Any) -> status_pb2.ListNodesResponse:
+        c = self.c
+        nodes = [c.view.node_info(n, c.registry.last_seen) for n in sorted(c.view.records)]
+        current = c.hub.latest.revision if c.hub.latest else 0
+        return status_pb2.ListNodesResponse(
+            nodes=[n for n in nodes if n is not None], current_revision=current
+        )
+
+    async def GetNodeStatus(self, request: Any, context: Any) -> status_pb2.NodeStatusResponse:
+        return await self.c.node_status(request, context)
+
+
+class Controller:
+    """One controller replica.  ``await start(listen)``, later ``await stop()``."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: ControllerConfig,
+        *,
+        authorizer: Authorizer | None = None,
+        peer_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.store = store
+        self.peer_credentials = peer_credentials  # replica -> replica (status forwarding)
+        self.config = config
+        self.keys = Keys(config.key_root)
+        self.repo = PolicyRepo(store, self.keys)
+        self.hub = Hub(config.replica_id)
+        self.view = NodeView(self.keys)
+        self.registry = Registry(
+            store,
+            self.keys,
+            config.replica_id,
+            config.advertise,
+            touch_interval=config.touch_interval,
+            view=self.view,
+        )
+        self.authorizer: Authorizer = authorizer or LoopbackAuthorizer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.lease = 0
+        self.is_leader = False
+        self.watch_synced = asyncio.Event()
+        self._synced: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._queries: dict[int, asyncio.Future[types_pb2.NodeStatus]] = {}
+        self._query_ids = itertools.count(1)
+        self._campaign = asyncio.Event()
+        self._sha_cache: dict[int, str] = {}
+        self._stopping = False
+        self._ping_bytes = agent_pb2.ControllerMessage(ping=agent_pb2.Ping()).SerializeToString()
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self, listen: str, *, credentials: grpc.ServerCredentials | None = None) -> int:
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self), server)
+        status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(self), server)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "ipsecd.v1.AgentService",
+                    {
+                        "Connect": grpc.stream_stream_rpc_method_handler(
+                            self._connect,
+                            request_deserializer=agent_pb2.AgentMessage.FromString,
+                            response_serializer=None,  # bytes pass through: serialized once
+                        )
+                    },
+                ),
+            )
+        )
+        if credentials is None:
+            self.port = server.add_insecure_port(listen)
+        else:
+            self.port = server.add_secure_port(listen, credentials)
+        if not self.port:
+            raise OSError(f"cannot listen on {listen} (address in use or not local?)")
+        await server.start()
+        self.server = server
+        for coro in (
+            self._policy_watch(),
+            self._registry_watch(),
+            self._lease_loop(),
+            self._ping_loop(),
+            self._flush_loop(),
+            self._directory_loop(),
+        ):
+            self._tasks.append(asyncio.create_task(coro))
+        return self.port
+
+    async def stop(self, grace: float | None = 1.0, *, revoke: bool = True) -> None:
+        """Stop serving.  ``revoke=False`` imitates a crash (lease left to expire)."""
+        self._stopping = True
+        for stream in list(self.hub.streams.values()):
+            stream.close()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if revoke and self.lease:
+            with contextlib.suppress(StoreUnavailable):
+                await self.registry.flush(self.lease)
+                await self.store.revoke_lease(self.lease)
+
+    # -- the watches ------------------------------------------------------------------
+    # Two watches per process, whatever the number of agents: the policy watch (tiny:
+    # only the current pointer and revision records), which drives the fan-out, and the
+    # registry watch (node records, connections, replicas, leader).  Kept apart so the
+    # fan-out of a new revision never queues behind thousands of status writes.
+    async def _resync_policy(self) -> int:
+        kvs, rev = await self.store.get_prefix(self.keys.current)
+        if kvs:
+            self.hub.publish(await self.repo.read(int(kvs[0].value)))
+        return rev
+
+    async def _resync_registry(self) -> int:
+        keys = self.keys
+        nodes, rev = await self.store.get_prefix(keys.nodes)
+        conns, _ = await self.store.get_prefix(keys.conns)
+        replicas, _ = await self.store.get_prefix(keys.replicas)
+        self.view.load([(kv.key, kv.value) for kv in nodes], [(kv.key, kv.value) for kv in conns])
+        self.view.replicas = {kv.key[len(keys.replicas) :]: json.loads(kv.value) for kv in replicas}
+        # Not one snapshot: watching from the first read's revision re-applies later
+        # changes, which is idempotent.
+        return rev
+
+    async def _policy_watch(self) -> None:
+        await self._watch("policy", self.keys.root + "policy/", self._resync_policy,
+                          self._on_policy_events)  # fmt: skip
+
+    async def _registry_watch(self) -> None:
+        await self._watch("registry", self.keys.root, self._resync_registry,
+                          self._on_registry_events)  # fmt: skip
+
+    async def _watch(
+        self,
+        name: str,
+        prefix: str,
+        resync: Callable[[], Awaitable[int]],
+        on_events: Callable[[list[WatchEvent]], Awaitable[None]],
+    ) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                start = await resync()
+                self._synced.add(name)
+                if self._synced >= {"policy", "registry"}:
+                    self.watch_synced.set()
+                backoff = 0.1
+                async for events in self.store.watch_prefix(prefix, start + 1):
+                    await on_events(events)
+            except StoreCompacted as exc:
+                _log.warning("%s watch: %s; reloading", name, exc)
+            except StoreUnavailable as exc:
+                _log.warning("%s watch: %s; retrying in %.1fs", name, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _on_policy_events(self, events: list[WatchEvent]) -> None:
+        keys = self.keys
+        seen: dict[str, bytes] = {}
+        for ev in events:
+            if ev.key.startswith(keys.revisions) and ev.value is not None:
+                seen[ev.key] = ev.value
+            elif ev.key == keys.current and ev.value is not None:
+                number = int(ev.value)
+                raw = seen.get(keys.revision(number))
+                rev = Revision.from_bytes(raw) if raw else await self.repo.read(number)
+                if self.hub.publish(rev):
+                    _log.info("fan-out: revision %d to %d streams", number, len(self.hub.streams))
+
+    async def _on_registry_events(self, events: list[WatchEvent]) -> None:
+        policy = self.keys.root + "policy/"
+        for ev in events:
+            if ev.key.startswith(policy):
+                continue
+            if ev.key == self.keys.leader:
+                if ev.value is None:
+                    self._campaign.set()
+            else:
+                self.view.apply(ev)
+
+    # -- lease, election, leader work --------------------------------------------------
+    async def _lease_loop(self) -> None:
+        cfg = self.config
+        last_compact = time.monotonic()
+        while not self._stopping:
+            try:
+                if not self.lease:
+                    self.lease = await self.store.grant_lease(cfg.lease_ttl)
+                    await self.store.put(
+                        self.keys.replica(cfg.replica_id),
+                        json.dumps({"address": cfg.advertise}).encode(),
+                        lease=self.lease,
+                    )
+                elif not await self.store.refresh_lease(self.lease):
+                    _log.warning("replica lease expired; taking a new one")
+                    self.lease = 0
+                    self.is_leader = False
+                    continue
+                leader = await self.store.get(self.keys.leader)
+                if leader is None:
+                    won = await self.store.create_if_absent(
+                        self.keys.leader, cfg.replica_id.encode(), lease=self.lease
+                    )
+                    if won:
+                        _log.info("replica %s is now the leader", cfg.replica_id)
+                    self.is_leader = won
+                else:
+                    self.is_leader = leader.value.decode() == cfg.replica_id
+                if self.is_leader and time.monotonic() - last_compact > cfg.compact_interval:
+                    last_compact = time.monotonic()
+                    await self._compact()
+            except StoreUnavailable as exc:
+                _log.warning("lease: %s", exc)
+            self._campaign.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._campaign.wait(), cfg.lease_ttl / 3)
+
+    async def _compact(self) -> None:
+        """Leader work: drop etcd MVCC history older than ``compact_keep`` revisions.
+
+        Policy revisions are keys of their own, so compaction never loses a revision."""
+        _, rev = await self.store.get_prefix(self.keys.leader)
+        if rev > self.config.compact_keep:
+            await self.store.compact(rev - self.config.compact_keep)
+
+    # -- periodic work ----------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.config.flush_interval)
+            try:
+                await self.registry.flush(self.lease)
+            except StoreUnavailable as exc:
+                _log.warning("registry flush: %s", exc)
+
+    async def _directory_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.config.directory_interval)
+            if self.view.directory_changed:
+                self.view.directory_changed = False
+                self.hub.publish_directory(self.view.directory())
+
+    async def _ping_loop(self) -> None:
+        """Ping every stream once per ``ping_interval``, spread over ten ticks so 5,000
+        streams do not all ping (and pong) in the same instant."""
+        cfg = self.config
+        ticks = 10
+        tick = 0
+        while not self._stopping:
+            await asyncio.sleep(cfg.ping_interval / ticks)
+            now = time.monotonic()
+            for stream in list(self.hub.streams.values())[tick::ticks]:
+                if now - stream.last_rx > cfg.ping_timeout:
+                    _log.warning(
+                        "node %s: nothing received for %.0fs; closing its stream",
+                        stream.node,
+                        now - stream.last_rx,
+                    )
+                    stream.close(kill=True)
+                else:
+                    stream.offer_control(self._ping_bytes)
+            tick = (tick + 1) % ticks
+
+    # -- agent streams ----------------------------------------------------------------
+    async def _connect(self, request_iterator: Any, context: Any) -> None:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), self.config.hello_timeout)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "agent stream: expected Hello first"
+            )
+            return
+        if first.WhichOneof("kind") != "hello" or not first.hello.node:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "agent stream: the first message must be a Hello with the node name",
+            )
+            return
+        hello = first.hello
+        stream, initial = await self._admit(hello)
+        stream.task = asyncio.current_task()
+        reader = asyncio.create_task(self._read(stream, request_iterator))
+        try:
+            for first_bytes in initial:
+                await context.write(first_bytes)
+            while not stream.closed:
+                data = stream.next_message()
+                if data is None:
+                    stream.wake.clear()
+                    await stream.wake.wait()
+                    continue
+                await context.write(data)
+        except asyncio.CancelledError:
+            if not stream.killed:
+                raise
+        finally:
+            reader.cancel()
+            if self.hub.remove(stream):
+                self.registry.disconnected(stream.node)
+
+    async def _admit(self, hello: agent_pb2.Hello) -> tuple[StreamState, list[bytes]]:
+        """Resume when the agent's revision is known (send only what it lacks), else a
+        snapshot.  Never sends a revision older than the one the agent holds: a replica
+        whose watch lags behind the agent resumes it and sends nothing until it catches
+        up."""
+        hub = self.hub
+        want_dir = "directory" in hello.capabilities
+        latest = hub.latest
+        have = hello.last_revision
+        ahead = have > 0 and (latest is None or have > latest.revision)
+        resume = ahead or (
+            have > 0 and await self._known_sha(have) == hello.last_sha256 and latest is not None
+        )
+        if resume:
+            stream = StreamState(hello.node, directory=want_dir, sent_rev=have)
+            initial = [hub.resume_bytes()]
+            if want_dir and hub.directory_bytes is not None:
+                stream.offer_directory(hub.directory_version, hub.directory_bytes)
+            if latest is not None:
+                stream.offer_policy(latest.revision, latest.update_bytes)  # only if newer
+        else:
+            stream = StreamState(
+                hello.node, directory=want_dir, sent_rev=latest.revision if latest else 0
+            )
+            stream.sent_dir_version = hub.directory_version if want_dir else 0
+            initial = [hub.snapshot_bytes(want_dir)]
+        old = hub.add(stream)
+        if old is not None:
+            _log.info("node %s connected again: closing its older stream", hello.node)
+            old.close(kill=True)
+        self.registry.connected(hello, self.view.records.get(hello.node))
+        return stream, initial
+
+    async def _known_sha(self, revision: int) -> str:
+        """sha256 of an older revision (cached; "" when unknown or etcd is down)."""
+        latest = self.hub.latest
+        if latest is not None and latest.revision == revision:
+            return latest.sha256
+        sha = self._sha_cache.get(revision)
+        if sha is None:
+            try:
+                sha = (await self.repo.read(revision)).sha256
+            except (StoreUnavailable, RevisionNotFound):
+                return ""
+            self._sha_cache[revision] = sha
+        return sha
+
+    async def _read(self, stream: StreamState, request_iterator: Any) -> None:
+        registry = self.registry
+        try:
+            async for msg in request_iterator:
+                stream.last_rx = time.monotonic()
+                kind = msg.WhichOneof("kind")
+                if kind == "ack":
+                    registry.acked(stream.node, msg.ack)
+                elif kind == "status":
+                    registry.reported(stream.node, msg.status)
+                elif kind == "answer":
+                    fut = self._queries.pop(msg.answer.query_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg.answer.status)
+                    registry.reported(stream.node, msg.answer.status)
+                else:
+                    registry.seen(stream.node)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass
+        finally:
+            stream.close()
+
+    # -- live status ------------------------------------------------------------------
+    async def node_status(self, request: Any, context: Any) -> status_pb2.NodeStatusResponse:
+        name = request.node
+        timeout = request.timeout_seconds or self.config.query_timeout
+        stream = self.hub.streams.get(name)
+        note = ""
+        if stream is not None:
+            qid = next(self._query_ids)
+            fut: asyncio.Future[types_pb2.NodeStatus] = asyncio.get_running_loop().create_future()
+            self._queries[qid] = fut
+            stream.offer_control(
+                agent_pb2.ControllerMessage(query=agent_pb2.Query(query_id=qid)).SerializeToString()
+            )
+            try:
+                status = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                note = f"node {name} did not answer within {timeout:.1f}s"
+            else:
+                known = self.view.node_info(name, self.registry.last_seen)
+                info = known or status_pb2.NodeInfo(name=name)
+                info.status.CopyFrom(status)
+                info.connected = True
+                info.controller = self.config.replica_id
+                info.last_seen_unix_ms = int(time.time() * 1000)
+                return status_pb2.NodeStatusResponse(node=info, live=True)
+            finally:
+                self._queries.pop(qid, None)
+        elif not request.local_only:
+            conn = self.view.conns.get(name)
+            if conn and conn.get("replica") != self.config.replica_id and conn.get("address"):
+                forwarded = await self._forward(conn["address"], name, timeout)
+                if forwarded is not None and forwarded.live:
+                    return forwarded
+                note = f"replica {conn['replica']} holding node {name} did not answer"
+        last = self.view.node_info(name, self.registry.last_seen)
+        if last is None:
+            if request.local_only:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"node {name} is not here")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"node {name!r} is unknown (never connected; see `ipsecctl nodes`)",
+            )
+        if not note:
+            note = f"node {name} is not connected"
+        return status_pb2.NodeStatusResponse(node=last, stale=True, note=note)
+
+    async def _forward(
+        self, address: str, name: str, timeout: float
+    ) -> status_pb2.NodeStatusResponse | None:
+        creds = self.peer_credentials
+        channel = (
+            grpc.aio.insecure_channel(address)
+            if creds is None
+            else grpc.aio.secure_channel(address, creds)
+        )
+        try:
+            async with channel:
+                stub = status_pb2_grpc.StatusServiceStub(channel)
+                return await stub.GetNodeStatus(
+                    status_pb2.NodeStatusRequest(
+                        node=name, timeout_seconds=timeout, local_only=True
+                    ),
+                    timeout=timeout + 1.0,
+                )
+        except grpc.aio.AioRpcError as exc:
+            _log.info("forwarding status query for %s to %s: %s", name, address, exc.code())
+            return None

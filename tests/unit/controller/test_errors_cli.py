@@ -1,0 +1,76 @@
+"""Error mapping is complete: every controller error has a status code, every status
+kind an exit code, and the documented exit codes are the real ones."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+
+import controller.cli_remote as cli_remote
+import controller.errors as errors
+from controller.cli import build_parser
+from controller.server import STATUS_OF
+
+
+def _subclasses(cls: type) -> set[type]:
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= {sub} | _subclasses(sub)
+    return out
+
+
+def test_every_controller_error_has_a_status_code() -> None:
+    missing = _subclasses(errors.ControllerError) - set(STATUS_OF)
+    assert not missing, f"add to controller.server.STATUS_OF: {missing}"
+
+
+def test_every_status_kind_has_an_exit_code() -> None:
+    kinds = {kind for _code, kind in STATUS_OF.values()}
+    assert kinds <= set(cli_remote.EXIT), kinds - set(cli_remote.EXIT)
+    assert len(set(cli_remote.EXIT.values())) == len(cli_remote.EXIT)  # distinct
+
+
+def test_documented_exit_codes_match() -> None:
+    doc = cli_remote.__doc__ or ""
+    documented = {int(m) for m in re.findall(r"^(\d)\s{3,}", doc, re.M)}
+    assert documented == set(cli_remote.EXIT.values())
+
+
+class _FakeRpcError(grpc.aio.AioRpcError):
+    def __init__(self, code: grpc.StatusCode, details: str, kind: str | None) -> None:
+        meta = grpc.aio.Metadata(("ipsecd-error", kind)) if kind else grpc.aio.Metadata()
+        super().__init__(code, grpc.aio.Metadata(), meta, details)
+
+
+def test_rpc_errors_map_to_kinds() -> None:
+    m = cli_remote._map_rpc_error
+    err = m(_FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connect refused", None), "h:1")
+    assert err.kind == "unreachable" and "h:1" in str(err)
+    err = m(_FakeRpcError(grpc.StatusCode.UNAVAILABLE, "etcd down", "store-unavailable"), "h:1")
+    assert err.kind == "store-unavailable" and "cannot reach etcd" in str(err)
+    err = m(_FakeRpcError(grpc.StatusCode.ABORTED, "conflict: x", "conflict"), "h:1")
+    assert err.kind == "conflict" and str(err) == "conflict: x"
+    err = m(_FakeRpcError(grpc.StatusCode.INTERNAL, "boom", None), "h:1")
+    assert err.kind == "error"
+
+
+def test_remote_subcommands_are_wired_into_ipsecctl() -> None:
+    parser = build_parser()
+    for argv in (
+        ["push", "f.spd", "--base-revision", "3", "--comment", "x"],
+        ["get", "--revision", "2", "--show-secrets", "-o", "json"],
+        ["history"],
+        ["diff", "1", "2"],
+        ["rollback"],
+        ["rollback", "4"],
+        ["nodes", "--controller", "127.0.0.1:1"],
+        ["status", "node-1", "-o", "json"],
+    ):
+        args = parser.parse_args(argv)
+        assert callable(args.func), argv
+
+
+def test_table_rendering() -> None:
+    text = cli_remote._table(["A", "LONGER"], [["xyz", "1"], ["w", "22"]])
+    assert text.splitlines() == ["A    LONGER", "xyz  1", "w    22"]

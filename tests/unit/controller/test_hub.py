@@ -1,0 +1,101 @@
+"""Fan-out rules: serialize once, coalesce to the newest, bounded control slots."""
+
+from __future__ import annotations
+
+from controller.hub import CONTROL_SLOTS, Hub, StreamState
+from controller.revisions import Revision
+from ipsecd.v1 import agent_pb2
+
+
+def _rev(n: int) -> Revision:
+    return Revision(n, "t", n, f"{n:064x}", "", n - 1, 0, "p.spd", "", f"text {n}\n")
+
+
+def _decode(data: bytes) -> agent_pb2.ControllerMessage:
+    return agent_pb2.ControllerMessage.FromString(data)
+
+
+def test_publish_serializes_once_and_shares_the_bytes() -> None:
+    hub = Hub("r1")
+    streams = [StreamState(f"n{i}", directory=False, sent_rev=0) for i in range(50)]
+    for s in streams:
+        hub.add(s)
+    assert hub.publish(_rev(1))
+    assert hub.serializations == 1
+    datas = [s.next_message() for s in streams]
+    assert all(d is datas[0] for d in datas)  # the very same bytes object
+    assert datas[0] is not None and _decode(datas[0]).update.policy.revision == 1
+    assert not hub.publish(_rev(1)) and hub.serializations == 1  # not newer: ignored
+
+
+def test_slow_stream_coalesces_to_latest_in_order() -> None:
+    hub = Hub("r1")
+    slow = StreamState("slow", directory=False, sent_rev=0)
+    hub.add(slow)
+    for n in range(1, 11):
+        hub.publish(_rev(n))
+    data = slow.next_message()
+    assert data is not None and _decode(data).update.policy.revision == 10
+    assert slow.next_message() is None  # nothing older comes afterwards
+    hub.publish(_rev(11))
+    data = slow.next_message()
+    assert data is not None and _decode(data).update.policy.revision == 11
+
+
+def test_never_resends_or_goes_backwards() -> None:
+    s = StreamState("n", directory=False, sent_rev=5)
+    s.offer_policy(5, b"five")
+    s.offer_policy(3, b"three")
+    assert s.next_message() is None
+    s.offer_policy(6, b"six")
+    assert s.next_message() == b"six"
+    s.offer_policy(6, b"six")
+    assert s.next_message() is None
+
+
+def test_control_slots_are_bounded_and_first() -> None:
+    s = StreamState("n", directory=False, sent_rev=0)
+    s.offer_policy(1, b"policy")
+    for i in range(CONTROL_SLOTS + 5):
+        s.offer_control(bytes([i]))
+    out = [s.next_message() for _ in range(CONTROL_SLOTS + 1)]
+    assert out[:CONTROL_SLOTS] == [bytes([i]) for i in range(5, CONTROL_SLOTS + 5)]
+    assert out[CONTROL_SLOTS] == b"policy"
+
+
+def test_directory_only_for_streams_that_ask_and_snapshot_cache() -> None:
+    hub = Hub("r1")
+    want = StreamState("want", directory=True, sent_rev=0)
+    plain = StreamState("plain", directory=False, sent_rev=0)
+    hub.add(want)
+    hub.add(plain)
+    hub.publish_directory([])
+    assert want.next_message() is not None and plain.next_message() is None
+    hub.publish(_rev(1))
+    snap = hub.snapshot_bytes(True)
+    assert snap is hub.snapshot_bytes(True)  # cached
+    msg = _decode(snap).snapshot
+    assert msg.policy.revision == 1 and msg.directory.version == 1 and msg.controller == "r1"
+    assert not _decode(hub.snapshot_bytes(False)).snapshot.HasField("directory")
+
+
+def test_newest_stream_of_a_node_replaces_the_older() -> None:
+    hub = Hub("r1")
+    a = StreamState("n", directory=False, sent_rev=0)
+    b = StreamState("n", directory=False, sent_rev=0)
+    assert hub.add(a) is None
+    assert hub.add(b) is a
+    assert not hub.remove(a) and hub.streams["n"] is b
+    assert hub.remove(b) and "n" not in hub.streams
+
+
+def test_policy_text_never_in_reprs() -> None:
+    from agent.stream import PolicyReceived
+    from controller.hub import Published, policy_message
+
+    secret = "0xdeadbeefdeadbeefdeadbeefdeadbeef"
+    rev = Revision(1, "t", 1, "0" * 64, "", 0, 0, "p.spd", "", f"key {secret}\n")
+    assert secret not in repr(rev)
+    assert secret not in repr(PolicyReceived(1, "0" * 64, rev.text))
+    published = Published(1, "0" * 64, policy_message(rev), b"bytes")
+    assert secret not in repr(published)
