@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipsecctl", description="ipsecd cluster IPsec policy: validate, compile, manage"
     )
+    parser.add_argument(
+        "--controller",
+        metavar="HOST:PORT",
+        help="controller address for remote subcommands (default $IPSECCTL_CONTROLLER)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTRARS:
         register(subparsers)
