@@ -5,10 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 PYTEST_ARGS ?=
+# scripts/lab.py options for lab-test, e.g. LAB_ARGS='--timeout 1800'
+LAB_ARGS ?=
 
 # Debian packages the test tiers need (etcd, strongSwan, kernel lab, namespaces, captures).
 APT_PACKAGES := python3-venv etcd-server etcd-client iproute2 iputils-ping tcpdump kmod \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins \
+	libstrongswan-standard-plugins \
 	qemu-system-x86 linux-image-amd64 busybox-static
 
 .PHONY: help deps venv check lint fmt typecheck unit test lab-test bench demo proto proto-check clean
@@ -56,7 +59,7 @@ check: deps venv lint typecheck
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lab-test: deps venv
-	$(PYTHON) scripts/lab.py pytest -m kernel tests/kernel $(PYTEST_ARGS)
+	$(PYTHON) scripts/lab.py $(LAB_ARGS) pytest -m kernel tests/kernel $(PYTEST_ARGS)
 
 test: check lab-test
 
