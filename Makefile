@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 PYTEST_ARGS ?=
 # scripts/lab.py options for lab-test, e.g. LAB_ARGS='--timeout 1800'
-LAB_ARGS ?=
+LAB_ARGS ?= --timeout 2400
 
 # Debian packages the test tiers need (etcd, strongSwan, kernel lab, namespaces, captures).
 APT_PACKAGES := python3-venv etcd-server etcd-client iproute2 iputils-ping tcpdump kmod \
