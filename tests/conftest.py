@@ -37,5 +37,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if "kernel" in marks and os.environ.get("IPSECD_LAB") != "1":
         pytest.fail("kernel-tier test outside the lab VM: run it with `make lab-test`")
     if marks & {"integration", "kernel"} and os.geteuid() != 0:
-        pytest.fail("this test needs root (network namespaces, XFRM); run as root or "
-                    "deselect with -m 'not integration'")
+        pytest.fail(
+            "this test needs root (network namespaces, XFRM); run as root or "
+            "deselect with -m 'not integration'"
+        )

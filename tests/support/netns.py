@@ -75,7 +75,7 @@ class Netns:
         self, cmd: Sequence[str], *, check: bool = True, timeout: float = 60, **kw: object
     ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` inside the namespace; on failure raise with stdout/stderr."""
-        proc = subprocess.run(
+        proc: subprocess.CompletedProcess[str] = subprocess.run(
             self.argv(cmd),
             capture_output=True,
             text=True,
@@ -92,7 +92,8 @@ class Netns:
 
     def popen(self, cmd: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
         """Start ``cmd`` inside the namespace; the caller must terminate it."""
-        return subprocess.Popen(self.argv(cmd), **kw)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(self.argv(cmd), **kw)  # type: ignore[call-overload]
+        return proc
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
