@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from ._gc import gc_paused
 from .errors import Diagnostic, Severity, SpdError
 from .model import (
     Action,
@@ -119,6 +120,12 @@ class NodeConfig:
 
 
 def compile_node(policy: Policy, node: NodeInfo, directory: Sequence[NodeInfo]) -> NodeConfig:
+    """Expand ``policy`` for ``node``; raises :class:`SpdError` if the node is unknown."""
+    with gc_paused():
+        return _compile_node(policy, node, directory)
+
+
+def _compile_node(policy: Policy, node: NodeInfo, directory: Sequence[NodeInfo]) -> NodeConfig:
     """Expand ``policy`` for ``node``; raises :class:`SpdError` if the node is unknown."""
     names = {n.name for n in directory}
     if node.name not in names:

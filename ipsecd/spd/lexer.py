@@ -68,20 +68,11 @@ class Token:
         return f"Token({self.kind.value}, {self.text!r}, {self.line}:{self.col})"
 
 
-# Leading blanks are eaten by the same match as the token after them (half the loops).
-_TOKEN = re.compile(
-    r"""[^\S\n]*
-      (?: (?P<nl>\n)
-        | (?P<comment>\#[^\n]*)
-        | (?P<string>"[^"\n]*")
-        | (?P<badstring>"[^"\n]*)
-        | (?P<punct>[;{},])
-        | (?P<word>[^\s;{},"\#]+)
-        | (?P<end>$)
-      )
-    """,
-    re.VERBOSE,
-)
+# One line at a time; finditer skips the blanks between tokens by itself.  The first
+# character tells the kind: punctuation, a quote (a string, or an unterminated one when
+# the closing quote is missing), '#' (a comment: the rest of the line), else a word.
+_TOKEN = re.compile(r'[^\s;{},"#]+|[;{},]|"[^"]*"?|#')
+_PUNCT = frozenset(";{},")
 
 
 def tokenize(text: str, filename: str, sink: Sink) -> tuple[list[Token], list[str]]:
@@ -91,25 +82,23 @@ def tokenize(text: str, filename: str, sink: Sink) -> tuple[list[Token], list[st
     tokens: list[Token] = []
     append = tokens.append
     word, string, punct = Kind.WORD, Kind.STRING, Kind.PUNCT
-    line_no = 1
-    line_start = 0
-    for m in _TOKEN.finditer(text):
-        kind = m.lastgroup
-        if kind == "word":
-            start = m.start(kind)
-            append(Token(word, text[start : m.end()], src, line_no, start - line_start + 1))
-        elif kind == "nl":
-            line_no += 1
-            line_start = m.end()
-        elif kind == "punct":
-            start = m.start(kind)
-            append(Token(punct, text[start], src, line_no, start - line_start + 1))
-        elif kind == "string":
-            start = m.start(kind)
-            append(Token(string, text[start + 1 : m.end() - 1], src, line_no,
-                         start - line_start + 1))  # fmt: skip
-        elif kind == "badstring":
-            bad = Token(string, "", src, line_no, m.start(kind) - line_start + 1)
-            sink.error(bad.loc, "unterminated string", 'close the string with " on the same line')
+    finditer = _TOKEN.finditer
+    for line_no, line in enumerate(lines, 1):
+        for m in finditer(line):
+            tok = m.group()
+            first = tok[0]
+            if first in _PUNCT:
+                append(Token(punct, tok, src, line_no, m.start() + 1))
+            elif first == "#":
+                break
+            elif first != '"':
+                append(Token(word, tok, src, line_no, m.start() + 1))
+            elif len(tok) >= 2 and tok[-1] == '"':
+                append(Token(string, tok[1:-1], src, line_no, m.start() + 1))
+            else:
+                bad = Token(string, "", src, line_no, m.start() + 1)
+                sink.error(
+                    bad.loc, "unterminated string", 'close the string with " on the same line'
+                )
     append(Token(Kind.EOF, "", src, len(lines), len(lines[-1]) + 1))
     return tokens, lines

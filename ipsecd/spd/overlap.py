@@ -5,17 +5,36 @@ nest, and protocol/ports agree or are wildcards.  For each entry we look up only
 source supernets that exist in the index (one dict probe per distinct prefix length),
 and within each, the destination supernets (dict probes) and subnets (one bisect on a
 sorted start list) -- no pairwise loop over all entries.
+
+A conflicting pair is then classified (:func:`classify`).  The compiler gives a policy
+without an explicit priority ``1000 - specificity``, so a selector strictly inside
+another one normally gets the better priority: that is how exceptions ("bypass DNS
+inside this tunnel") are written, and such a pair is not reported.  Reported are: equal
+selectors (an error: only one of them can ever apply), partial overlaps (neither
+contains the other: which one wins on the common packets follows from priorities the
+author may never have looked at), and nested pairs where the narrower selector does not
+get the better priority (an explicit priority on one of them, or equal specificity).
+Two explicit, different priorities mean the author ordered the pair: never reported.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from enum import Enum
 
+from .compiler import auto_priority
 from .errors import Loc, Sink
-from .model import Action, Direction, Prefix, Template
+from .model import Action, Direction, Prefix, Selector, Template
 
-__all__ = ["Item", "report_conflicts"]
+__all__ = [
+    "Item",
+    "Verdict",
+    "classify",
+    "effective_priority",
+    "find_conflicts",
+    "report_conflicts",
+]
 
 MAX_REPORTS = 50
 
@@ -23,9 +42,9 @@ MAX_REPORTS = 50
 class Item:
     """One selector in the index (internal, built 10,000 times per file: a slots class)."""
 
-    __slots__ = ("action", "bits", "direction", "dport", "dst", "dst_int", "dst_len", "index",
-                 "loc", "priority", "proto", "sport", "src", "src_int", "src_len",
-                 "templates")  # fmt: skip
+    __slots__ = ("action", "bits", "direction", "dport", "dst", "dst_int", "dst_len",
+                 "icmp_code", "icmp_type", "index", "loc", "priority", "proto", "sport", "src",
+                 "src_int", "src_len", "templates")  # fmt: skip
 
     def __init__(
         self,
@@ -40,6 +59,8 @@ class Item:
         templates: tuple[Template, ...],
         priority: int | None,
         loc: Loc,
+        icmp_type: int | None = None,
+        icmp_code: int | None = None,
     ) -> None:
         self.index = index
         self.direction = direction
@@ -52,6 +73,8 @@ class Item:
         self.templates = templates
         self.priority = priority
         self.loc = loc
+        self.icmp_type = icmp_type
+        self.icmp_code = icmp_code
         # plain ints, computed once: the index works on these only
         self.bits = src.max_prefixlen
         self.src_int = int(src.network_address)
@@ -130,16 +153,30 @@ class _Index:
         return found
 
 
-def _ports_meet(a: int, b: int) -> bool:
+def _meet(a: int, b: int) -> bool:
+    """Protocol or port: 0 is the wildcard."""
     return a == 0 or b == 0 or a == b
 
 
+def _icmp_meet(a: int | None, b: int | None) -> bool:
+    """ICMP type or code: None is the wildcard (0 is a real type, echo reply)."""
+    return a is None or b is None or a == b
+
+
+def _covers(outer: int, inner: int) -> bool:
+    return outer == 0 or outer == inner
+
+
+def _icmp_covers(outer: int | None, inner: int | None) -> bool:
+    return outer is None or outer == inner
+
+
 def _conflicts(a: Item, b: Item) -> bool:
-    if not (
-        _ports_meet(a.proto, b.proto)
-        and _ports_meet(a.sport, b.sport)
-        and _ports_meet(a.dport, b.dport)
-    ):
+    """``a`` and ``b`` (whose prefixes nest) match common packets with different actions,
+    and the author has not ordered them with two explicit priorities."""
+    if not (_meet(a.proto, b.proto) and _meet(a.sport, b.sport) and _meet(a.dport, b.dport)):
+        return False
+    if not (_icmp_meet(a.icmp_type, b.icmp_type) and _icmp_meet(a.icmp_code, b.icmp_code)):
         return False
     if a.priority is not None and b.priority is not None and a.priority != b.priority:
         return False  # the author ordered them on purpose
@@ -148,30 +185,88 @@ def _conflicts(a: Item, b: Item) -> bool:
     return a.action is Action.IPSEC and a.templates != b.templates
 
 
-def _describe(item: Item) -> str:
-    return {"allow": "none/bypass", "block": "discard", "ipsec": "ipsec"}[item.action.value]
+def _contains(outer: Item, inner: Item) -> bool:
+    """Every packet ``inner`` matches, ``outer`` matches too (prefixes already nest)."""
+    return (
+        outer.src_len <= inner.src_len
+        and outer.dst_len <= inner.dst_len
+        and _covers(outer.proto, inner.proto)
+        and _covers(outer.sport, inner.sport)
+        and _covers(outer.dport, inner.dport)
+        and _icmp_covers(outer.icmp_type, inner.icmp_type)
+        and _icmp_covers(outer.icmp_code, inner.icmp_code)
+    )
 
 
-def report_conflicts(items: list[Item], sink: Sink) -> int:
-    """Warn about every overlapping pair with different actions; returns the count."""
+def effective_priority(item: Item) -> int:
+    """The kernel priority the compiler gives the policy (lower wins)."""
+    if item.priority is not None:
+        return item.priority
+    return auto_priority(Selector(item.src, item.dst, item.proto, item.sport, item.dport))
+
+
+class Verdict(Enum):
+    """How a conflicting pair is reported."""
+
+    EXCEPTION = "exception"  # strictly nested, narrower one wins by specificity: silent
+    NESTED = "nested"  # nested, but priorities do not make the narrower one win: warning
+    PARTIAL = "partial"  # neither contains the other: warning
+    EQUAL = "equal"  # same selector, different actions: error
+
+
+def classify(a: Item, b: Item) -> Verdict:
+    """Classify a conflicting pair (see docs/spd.md, "Overlapping selectors")."""
+    a_in_b, b_in_a = _contains(b, a), _contains(a, b)
+    if a_in_b and b_in_a:
+        return Verdict.EQUAL
+    if not (a_in_b or b_in_a):
+        return Verdict.PARTIAL
+    inner, outer = (a, b) if a_in_b else (b, a)
+    if (
+        inner.priority is None
+        and outer.priority is None
+        and effective_priority(inner) < effective_priority(outer)
+    ):
+        return Verdict.EXCEPTION
+    return Verdict.NESTED
+
+
+def find_conflicts(items: list[Item]) -> list[tuple[Item, Item]]:
+    """Every pair of items whose selectors overlap with conflicting actions, each once,
+    in the order found (``items`` order of the narrower source)."""
     index = _Index()
     for item in items:
         index.add(item)
     index.freeze()
-    seen: set[tuple[object, ...]] = set()
-    count = 0
+    seen: set[tuple[int, int]] = set()
+    pairs: list[tuple[Item, Item]] = []
     for item in items:
         for other in index.candidates(item):
             if other.index == item.index:
                 continue
-            a, b = sorted((_where(item), _where(other)))
-            pair = (a, b, item.direction)
+            pair = (min(item.index, other.index), max(item.index, other.index))
             if pair in seen or not _conflicts(item, other):
                 continue
             seen.add(pair)
-            count += 1
-            if count <= MAX_REPORTS:
-                _warn(item, other, sink)
+            pairs.append((item, other))
+    return pairs
+
+
+def report_conflicts(items: list[Item], sink: Sink) -> int:
+    """Report conflicting overlaps: an error for equal selectors, a warning for partial
+    overlaps and for nested ones the narrower selector does not win; a narrower
+    selector that wins by specificity is a deliberate exception and is not reported.
+    Returns the number of pairs reported."""
+    count = 0
+    for a, b in find_conflicts(items):
+        verdict = classify(a, b)
+        if verdict is Verdict.EXCEPTION:
+            continue
+        count += 1
+        if verdict is Verdict.EQUAL:
+            _equal(a, b, sink)  # errors are never capped: each one must be fixed
+        elif count <= MAX_REPORTS:
+            _warn(a, b, verdict, sink)
     if count > MAX_REPORTS:
         sink.warning(
             items[0].loc,
@@ -181,15 +276,46 @@ def report_conflicts(items: list[Item], sink: Sink) -> int:
     return count
 
 
-def _where(item: Item) -> tuple[str, int, int]:
-    return (item.loc.filename, item.loc.line, item.loc.col)
+def _describe(item: Item) -> str:
+    return {"allow": "none/bypass", "block": "discard", "ipsec": "ipsec"}[item.action.value]
 
 
-def _warn(a: Item, b: Item, sink: Sink) -> None:
-    first, second = (a, b) if (a.loc.line, a.loc.col) <= (b.loc.line, b.loc.col) else (b, a)
+def _ordered(a: Item, b: Item) -> tuple[Item, Item]:
+    """(first, second) in file order: the warning goes to the later statement."""
+    return (a, b) if (a.loc.line, a.loc.col) <= (b.loc.line, b.loc.col) else (b, a)
+
+
+def _equal(a: Item, b: Item, sink: Sink) -> None:
+    first, second = _ordered(a, b)
+    sink.error(
+        second.loc,
+        f"'{second.direction.value}' selector is the same as the one at {first.loc.short()} "
+        f"but the action differs ({_describe(second)} here, {_describe(first)} there); "
+        "only one of them can apply",
+        "remove one of them, or give both an explicit priority to say which one wins",
+    )
+
+
+def _warn(a: Item, b: Item, verdict: Verdict, sink: Sink) -> None:
+    first, second = _ordered(a, b)
+    if verdict is Verdict.PARTIAL:
+        relation = "partially overlaps"
+    elif _contains(first, second):
+        relation = "lies inside"
+    else:
+        relation = "contains"
+    p_second, p_first = effective_priority(second), effective_priority(first)
+    if p_second < p_first:
+        outcome = f"this one wins (priority {p_second} < {p_first})"
+    elif p_first < p_second:
+        outcome = f"the one at {first.loc.short()} wins (priority {p_first} < {p_second})"
+    else:
+        outcome = f"both have priority {p_first} and neither is preferred"
     sink.warning(
         second.loc,
-        f"'{second.direction.value}' selector overlaps the one at {first.loc.short()} with a "
-        f"conflicting action ({_describe(second)} here, {_describe(first)} there)",
-        "the more specific selector wins; narrow one of them or give both an explicit priority",
+        f"'{second.direction.value}' selector {relation} the one at {first.loc.short()} with "
+        f"a conflicting action ({_describe(second)} here, {_describe(first)} there); "
+        f"where both match, {outcome}",
+        "the lower priority wins; narrow one of them so that one selector contains the "
+        "other, or give both an explicit priority",
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import setkey
+from ._gc import gc_paused
 from .algorithms import IKE_DH, IKE_ENC, IKE_INTEG, IKE_PRF, AlgInfo
 from .cursor import STATEMENT_WORDS, Bail, Cursor
 from .errors import Loc, Sink
@@ -75,8 +76,15 @@ class Builder:
 
 
 def parse(text: str, filename: str, sink: Sink) -> Builder:
+    """Tokenize and parse ``text`` into a :class:`Builder`, reporting into ``sink``."""
+    with gc_paused():
+        return _parse(text, filename, sink)
+
+
+def _parse(text: str, filename: str, sink: Sink) -> Builder:
     tokens, _lines = tokenize(text, filename, sink)
     parser = Parser(sink)
+    parser.has_dollar = "$" in text
     for stmt, end in _statements(tokens, sink):
         if parser.builder.stopped:
             sink.warning(stmt[0].loc, "statement after 'exit' is ignored")
@@ -144,6 +152,7 @@ class Parser:
         self.sink = sink
         self.builder = Builder()
         self.macros: dict[str, list[Token]] = {}
+        self.has_dollar = True  # False when the text has no '$': no statement to expand
         self.macro_locs: dict[str, Loc] = {}
         self.scope: str | None = None  # the group of an enclosing ``on GROUP { }``
 
@@ -198,7 +207,7 @@ class Parser:
             pass
 
     def _expand(self, tokens: list[Token]) -> list[Token]:
-        if not any("$" in tok.text for tok in tokens):
+        if not self.has_dollar or not any("$" in tok.text for tok in tokens):
             return tokens
         out: list[Token] = []
         for tok in tokens:

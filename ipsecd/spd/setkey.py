@@ -60,7 +60,7 @@ _U32 = 2**32 - 1
 
 
 # -- SPD statements ---------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class _Spd:
     selector: Selector
     direction: Direction

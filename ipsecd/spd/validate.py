@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from ._gc import gc_paused
 from .errors import Sink
 from .model import Connection, Direction, Mode, Prefix, Rule, SpdEntry
 from .overlap import Item, report_conflicts
@@ -16,6 +17,12 @@ _ANY = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 def validate(b: Builder, sink: Sink) -> None:
+    """Cross-statement checks of a parsed file, reported into ``sink``."""
+    with gc_paused():
+        _validate(b, sink)
+
+
+def _validate(b: Builder, sink: Sink) -> None:
     _check_group_refs(b, sink)
     _check_proposal_refs(b, sink)
     for conn in b.connections:
@@ -158,6 +165,8 @@ def _spd_item(i: int, e: SpdEntry) -> Item:
         e.templates,
         e.priority,
         e.loc,
+        s.icmp_type,
+        s.icmp_code,
     )
 
 
@@ -174,7 +183,7 @@ def _rule_items(r: Rule) -> list[tuple[object, ...]]:
                     sel: tuple[object, ...] = (src, dst, r.proto, sport, dport)
                 else:  # inbound and fwd mirror the rule (from = local side)
                     sel = (dst, src, r.proto, dport, sport)
-                out.append((d, *sel, r.action, (), r.priority, r.loc))
+                out.append((d, *sel, r.action, (), r.priority, r.loc, r.icmp_type, r.icmp_code))
     return out
 
 

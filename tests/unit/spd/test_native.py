@@ -130,8 +130,8 @@ def test_canonical_changes_with_literal_key_but_never_shows_it() -> None:
 
 def test_overlap_warning_names_both_locations() -> None:
     p = load_text(
-        "spdadd 10.0.0.0/8 10.1.0.0/16 any -P out none;\n"
-        "spdadd 10.0.0.1 10.1.2.3 tcp -P out discard;\n"
+        "spdadd 10.0.0.0/8 10.1.0.0/16 tcp -P out none;\n"
+        "spdadd 10.0.0.1 10.1.2.3 any -P out discard;\n"
         "spdadd 10.0.0.1 10.1.2.3 udp -P in discard;\n"
         "spdadd 10.0.0.1 10.1.2.4 tcp -P out none;\n",
         "f.spd",

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipsecd.spd import NodeInfo, Policy, SpdError, compile_node, load_file, load_text
-from ipsecd.spd.errors import Loc, Sink
+from ipsecd.spd.errors import Loc
 from ipsecd.spd.model import Action, Direction, Selector
-from ipsecd.spd.overlap import Item, report_conflicts
+from ipsecd.spd.overlap import Item, Verdict, classify, effective_priority, find_conflicts
 
 from .conftest import DATA, EXAMPLES
 
@@ -115,7 +115,7 @@ def test_indexed_overlap_matches_brute_force(raw: list) -> None:  # type: ignore
         Item(i, Direction.OUT, s, d, proto, 0, port, action, (), None, Loc("f", i + 1, 1))
         for i, (s, d, proto, port, action) in enumerate(raw)
     ]
-    found = report_conflicts(items, Sink())
+    found = {(min(a.index, b.index), max(a.index, b.index)) for a, b in find_conflicts(items)}
     expected = set()
     for a in items:
         for b in items:
@@ -127,7 +127,30 @@ def test_indexed_overlap_matches_brute_force(raw: list) -> None:  # type: ignore
             )
             if nets and ports:
                 expected.add((a.index, b.index))
-    assert found == len(expected)
+    assert found == expected
+    for i, j in found:
+        a, b = items[i], items[j]
+        verdict = classify(a, b)
+        a_in_b = _inside(a, b)
+        b_in_a = _inside(b, a)
+        if a_in_b and b_in_a:
+            assert verdict is Verdict.EQUAL
+        elif not (a_in_b or b_in_a):
+            assert verdict is Verdict.PARTIAL
+        else:  # nested: silent exactly when the narrower one gets the lower priority
+            inner, outer = (a, b) if a_in_b else (b, a)
+            wins = effective_priority(inner) < effective_priority(outer)
+            assert verdict is (Verdict.EXCEPTION if wins else Verdict.NESTED)
+
+
+def _inside(a: Item, b: Item) -> bool:
+    """Brute force: every packet of ``a`` is matched by ``b``."""
+    return (
+        a.src.subnet_of(b.src)  # type: ignore[arg-type]
+        and a.dst.subnet_of(b.dst)  # type: ignore[arg-type]
+        and b.proto in (0, a.proto)
+        and b.dport in (0, a.dport)
+    )
 
 
 def test_selector_is_hashable_value() -> None:
