@@ -23,10 +23,12 @@ Two steps, kept apart so the first is pure and unit-tested without root:
    ever flushed, entries outside ipsecd's bands are never touched, and a second run on
    an unchanged kernel performs zero operations.
 
-Priorities.  The compiler's priorities are small numbers (auto priorities are
-``1000 - specificity``) or, from setkey ``prio``, anything in 0..2**32-1.  When every
-priority of the node fits the band (``p < band width``, the usual case) the kernel
-priority is ``band_min + p``: stable, so a changed SPD only touches changed rules.
+Priorities.  The compiler's automatic priorities are ``PRIORITY_DEFAULT -
+specificity`` (setkey's ``prio def`` level); native ``priority N`` is used as written
+and setkey ``prio`` can be anything in 0..2**32-1.  When every priority of the node
+fits a band-wide window (``0 <= p < width``, or centred on ``PRIORITY_DEFAULT``: the
+usual cases) the kernel priority is ``band_min + (p - window start)``: stable, so a
+changed SPD only touches changed rules.
 Otherwise the node's distinct priorities are ranked and rank ``i`` becomes
 ``band_min + i`` (the order, including ties, is kept exactly).
 
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 
 from ipsecd import spd, xfrm
 from ipsecd.spd.algorithms import ENC, xfrm_name
+from ipsecd.spd.compiler import PRIORITY_DEFAULT
 from ipsecd.spd.secrets import KeyMaterial, Secret, SecretRef
 from ipsecd.xfrm.netns import Netns
 
@@ -156,8 +159,12 @@ def kernel_priorities(
     distinct = sorted(set(priorities))
     if not distinct:
         return {}
-    if distinct[-1] < width:
-        return {p: ownership.priority_min + p for p in distinct}
+    # Stable windows first: small native priorities, or the automatic ones around
+    # setkey's ``prio def`` (PRIORITY_DEFAULT - specificity).  Inside a window the
+    # mapping is a fixed offset, so an SPD edit only touches the rules it changed.
+    for anchor in (0, PRIORITY_DEFAULT - width // 2):
+        if anchor <= distinct[0] and distinct[-1] < anchor + width:
+            return {p: ownership.priority_min + (p - anchor) for p in distinct}
     if len(distinct) > width:
         raise KernelConfigError(
             f"{len(distinct)} distinct policy priorities do not fit ipsecd's band of "

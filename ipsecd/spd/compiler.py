@@ -183,14 +183,24 @@ def _proto_fits(proto: int, version: int) -> bool:
     return not ((proto == 1 and version == 6) or (proto == 58 and version == 4))
 
 
+#: setkey's ``prio def`` (ipsec_set_policy(3) PRIORITY_DEFAULT): a policy without an
+#: explicit priority sits at this level, so ``prio high`` beats it and ``prio low`` loses.
+PRIORITY_DEFAULT = 0x80000000
+
+
 def auto_priority(sel: Selector) -> int:
-    """More specific selectors get lower numbers (win).  Range 712..1000."""
+    """``PRIORITY_DEFAULT - specificity``: more specific selectors get lower numbers (win).
+
+    Range ``PRIORITY_DEFAULT - 288 .. PRIORITY_DEFAULT``; explicit setkey priorities
+    (``prio high`` = 0x40000000, ``prio low`` = 0xC0000000) order against it as they
+    would in setkey.
+    """
     scale = 4 if sel.src.version == 4 else 1
     spec = (sel.src.prefixlen + sel.dst.prefixlen) * scale // 2
     spec += 16 if sel.proto else 0
     spec += 8 if sel.sport else 0
     spec += 8 if sel.dport else 0
-    return 1000 - spec
+    return PRIORITY_DEFAULT - spec
 
 
 @dataclass

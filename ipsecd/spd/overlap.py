@@ -7,7 +7,7 @@ and within each, the destination supernets (dict probes) and subnets (one bisect
 sorted start list) -- no pairwise loop over all entries.
 
 A conflicting pair is then classified (:func:`classify`).  The compiler gives a policy
-without an explicit priority ``1000 - specificity``, so a selector strictly inside
+without an explicit priority ``PRIORITY_DEFAULT - specificity`` (0x80000000, setkey's ``prio def``), so a selector strictly inside
 another one normally gets the better priority: that is how exceptions ("bypass DNS
 inside this tunnel") are written, and such a pair is not reported.  Reported are: equal
 selectors (an error: only one of them can ever apply), partial overlaps (neither
@@ -219,6 +219,15 @@ def classify(a: Item, b: Item) -> Verdict:
     a_in_b, b_in_a = _contains(b, a), _contains(a, b)
     if a_in_b and b_in_a:
         return Verdict.EQUAL
+    explicit = [x for x in (a, b) if x.priority is not None]
+    if len(explicit) == 1:
+        chosen = explicit[0]
+        other = b if chosen is a else a
+        # The author raised (or lowered) exactly one of the two on purpose and it wins
+        # where both match; that is an ordering, not a mistake -- unless the winner
+        # contains the other entirely, which would leave the other dead (NESTED below).
+        if effective_priority(chosen) < effective_priority(other) and not _contains(chosen, other):
+            return Verdict.EXCEPTION
     if not (a_in_b or b_in_a):
         return Verdict.PARTIAL
     inner, outer = (a, b) if a_in_b else (b, a)

@@ -18,10 +18,12 @@ from agent.kernel import (
     kernel_reqid,
 )
 from ipsecd import spd, xfrm
+from ipsecd.spd.compiler import PRIORITY_DEFAULT
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples"
 OWN = xfrm.DEFAULT_OWNERSHIP
+AUTO_WINDOW = PRIORITY_DEFAULT - (OWN.priority_max - OWN.priority_min + 1) // 2
 GCM_KEY = bytes(range(1, 37))  # 288 bits: AES-256 + 4-byte salt
 
 
@@ -75,7 +77,8 @@ def test_every_compiled_policy_is_mapped_in_order_inside_the_band() -> None:
         assert OWN.owns_policy(kp)
         assert kp.selector.src == sp.selector.src and kp.selector.dst == sp.selector.dst
         assert kp.dir.name == sp.direction.name
-        assert kp.priority == OWN.priority_min + sp.priority  # small priorities: offset
+        # automatic priorities sit around PRIORITY_DEFAULT: one fixed offset into the band
+        assert kp.priority == OWN.priority_min + sp.priority - AUTO_WINDOW
     # the compiler's order (lower wins) survives
     assert [p.priority for p in d.policies] == sorted(p.priority for p in d.policies)
 
@@ -295,7 +298,25 @@ def test_a_configured_band_is_honoured() -> None:
     cfg = cluster()
     d = desired_state(cfg, ownership=own)
     assert all(own.owns_policy(p) for p in d.policies)
-    assert {p.priority - 0xC100 for p in d.policies} == {p.priority for p in cfg.policies}
+    width = own.priority_max - own.priority_min + 1
+    anchor = PRIORITY_DEFAULT - width // 2
+    assert [p.priority - 0xC100 for p in d.policies] == [p.priority - anchor for p in cfg.policies]
     reqids = {t.reqid for p in d.policies for t in p.templates}
     assert reqids and all(0x180 <= r <= 0x1FF for r in reqids)  # connection half
     assert not any(xfrm.DEFAULT_OWNERSHIP.owns_policy(p) for p in d.policies)
+
+
+def test_small_explicit_priorities_map_by_offset_and_mixed_ones_by_rank() -> None:
+    from agent.kernel import kernel_priorities
+
+    assert kernel_priorities([5, 50, 100]) == {
+        5: OWN.priority_min + 5,
+        50: OWN.priority_min + 50,
+        100: OWN.priority_min + 100,
+    }
+    mixed = kernel_priorities([0x40000000, PRIORITY_DEFAULT - 100, 0xC0000000])
+    assert [mixed[p] for p in sorted(mixed)] == [
+        OWN.priority_min,
+        OWN.priority_min + 1,
+        OWN.priority_min + 2,
+    ]

@@ -52,7 +52,11 @@ def test_validate_non_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_validate_warnings_and_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    f = _copy(tmp_path, EXAMPLES / "setkey.conf")
+    f = tmp_path / "partial.conf"
+    f.write_text(
+        "spdadd 192.0.2.1 192.0.2.2 any -P out ipsec esp/transport//require;\n"
+        "spdadd 0.0.0.0/0 0.0.0.0/0[53] udp -P out none;\n"
+    )
     assert ipsecctl(["validate", str(f)]) == 0
     assert ": warning: " in capsys.readouterr().err
     assert ipsecctl(["validate", "-q", str(f)]) == 0

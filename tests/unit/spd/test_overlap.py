@@ -1,6 +1,6 @@
 """Overlapping selectors with conflicting actions: which pairs are reported, and how.
 
-A selector strictly inside another one wins by specificity (priority 1000 - specificity)
+A selector strictly inside another one wins by specificity (priority 0x80000000 - specificity)
 and is a deliberate exception: silent.  Partial overlaps and nested pairs the narrower
 selector does not win are warnings; equal selectors with different actions are errors.
 """
@@ -49,7 +49,7 @@ def test_partial_overlap_warns_and_says_which_one_wins() -> None:
             2,
             "'out' selector partially overlaps the one at f.spd:1:1 with a conflicting "
             "action (none/bypass here, discard there); where both match, this one wins "
-            "(priority 904 < 920)",
+            "(priority 2147483552 < 2147483568)",
         )
     ]
 
@@ -62,7 +62,45 @@ def test_partial_overlap_on_protocol_warns() -> None:
     )
     assert line == 2
     assert "partially overlaps the one at f.spd:1:1" in message
-    assert "the one at f.spd:1:1 wins (priority 872 < 976)" in message
+    assert "the one at f.spd:1:1 wins (priority 2147483520 < 2147483624)" in message
+
+
+def test_partial_overlap_ordered_by_one_explicit_priority_is_silent() -> None:
+    # `prio high` on the DNS bypass makes it win over the host pair where both match:
+    # the author ordered them, so there is nothing to warn about
+    assert (
+        _warnings(
+            "spdadd 192.0.2.1 192.0.2.2 any -P out ipsec esp/transport//require;\n"
+            "spdadd 0.0.0.0/0 0.0.0.0/0[53] udp -P out prio high none;\n"
+        )
+        == []
+    )
+
+
+def test_explicit_priority_that_loses_still_warns() -> None:
+    # `prio low` puts the bypass below the automatic priorities: it never wins where
+    # both match, which is worth a warning
+    [(line, message)] = _warnings(
+        "spdadd 192.0.2.1 192.0.2.2 any -P out ipsec esp/transport//require;\n"
+        "spdadd 0.0.0.0/0 0.0.0.0/0[53] udp -P out prio low none;\n"
+    )
+    assert line == 2
+    assert "the one at f.spd:1:1 wins" in message
+
+
+def test_prio_high_beats_and_prio_low_loses_to_automatic_priorities() -> None:
+    from ipsecd.spd.compiler import PRIORITY_DEFAULT
+
+    policy = load_text(
+        "spdadd 192.0.2.1 192.0.2.2 any -P out ipsec esp/transport//require;\n"
+        "spdadd 0.0.0.0/0 0.0.0.0/0[53] udp -P out prio high none;\n"
+        "spdadd 0.0.0.0/0 0.0.0.0/0[123] udp -P out prio low none;\n",
+        "f.spd",
+    )
+    auto, high, low = (e.priority for e in policy.spd[:3])
+    assert high is not None and low is not None
+    assert high == 0x40000000 < PRIORITY_DEFAULT - 300 < PRIORITY_DEFAULT < low == 0xC0000000
+    assert auto is None
 
 
 def test_equal_selectors_with_different_actions_are_an_error() -> None:
@@ -120,21 +158,21 @@ def test_nested_pair_with_equal_priority_warns() -> None:
         (
             2,
             "'out' selector lies inside the one at f.spd:1:1 with a conflicting action "
-            "(none/bypass here, discard there); where both match, both have priority 936 "
+            "(none/bypass here, discard there); where both match, both have priority 2147483584 "
             "and neither is preferred",
         )
     ]
 
 
 def test_nested_pair_where_an_explicit_priority_lets_the_broad_one_win_warns() -> None:
-    # prio 2147483000 is kernel priority 0x80000000 - 2147483000 = 648 < 872
+    # prio 2147483000 is kernel priority 0x80000000 - 2147483000 = 648 < 2147483520
     [(line, message)] = _warnings(
         "spdadd 10.0.0.0/8 10.1.0.0/16 any -P out prio 2147483000 discard;\n"
         "spdadd 10.0.0.1 10.1.2.3 any -P out none;\n"
     )
     assert line == 2
     assert "lies inside the one at f.spd:1:1" in message
-    assert "the one at f.spd:1:1 wins (priority 648 < 872)" in message
+    assert "the one at f.spd:1:1 wins (priority 648 < 2147483520)" in message
 
 
 def test_broader_statement_after_the_narrow_one_says_contains() -> None:
@@ -169,4 +207,4 @@ def test_icmp_type_inside_any_icmp_warns_because_specificity_ignores_icmp() -> N
     )
     assert line == 2
     assert "lies inside the one at f.spd:1:1" in message
-    assert "both have priority 984 and neither is preferred" in message
+    assert "both have priority 2147483632 and neither is preferred" in message
