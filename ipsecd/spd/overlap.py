@@ -7,7 +7,8 @@ and within each, the destination supernets (dict probes) and subnets (one bisect
 sorted start list) -- no pairwise loop over all entries.
 
 A conflicting pair is then classified (:func:`classify`).  The compiler gives a policy
-without an explicit priority ``PRIORITY_DEFAULT - specificity`` (0x80000000, setkey's ``prio def``), so a selector strictly inside
+without an explicit priority ``PRIORITY_DEFAULT - specificity`` (PRIORITY_DEFAULT is
+0x80000000, setkey's ``prio def``), so a selector strictly inside
 another one normally gets the better priority: that is how exceptions ("bypass DNS
 inside this tunnel") are written, and such a pair is not reported.  Reported are: equal
 selectors (an error: only one of them can ever apply), partial overlaps (neither
