@@ -156,6 +156,8 @@ class AgentStream:
         self._closed = asyncio.Event()
         self._index = 0
         self._established = False
+        self._last_rx = 0.0  # loop time of the last message on the current stream
+        self._idle = False  # the watchdog cancelled the current stream
 
     # -- public -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -250,16 +252,26 @@ class AgentStream:
     async def _session(self, address: str) -> None:
         """One stream, until it ends; sets ``_established`` once the controller answers."""
         reporter: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
         async with self._channel(address) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             self._call = call
+            self._last_rx = loop.time()
+            self._idle = False
+            # One watchdog per stream instead of ``wait_for`` around every read (which
+            # costs a task and a timer per message).
+            watchdog = asyncio.create_task(self._watchdog(call))
             try:
                 await call.write(self._hello())
                 while True:
                     try:
-                        msg = await asyncio.wait_for(call.read(), self.idle_timeout)
-                    except TimeoutError as exc:
-                        raise _IdleTimeout from exc
+                        msg = await call.read()
+                    except (asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
+                        task = asyncio.current_task()
+                        if self._idle and task is not None and not task.cancelling():
+                            raise _IdleTimeout from exc
+                        raise
+                    self._last_rx = loop.time()
                     if msg is grpc.aio.EOF:
                         return
                     if not self._established:
@@ -270,9 +282,21 @@ class AgentStream:
                             reporter = asyncio.create_task(self._report_loop())
                     await self._dispatch(address, msg)
             finally:
+                watchdog.cancel()
                 if reporter is not None:
                     reporter.cancel()
                 call.cancel()
+
+    async def _watchdog(self, call: Any) -> None:
+        """Cancel ``call`` when nothing has arrived for ``idle_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            left = self._last_rx + self.idle_timeout - loop.time()
+            if left <= 0:
+                self._idle = True
+                call.cancel()
+                return
+            await asyncio.sleep(left)
 
     async def _dispatch(self, address: str, msg: agent_pb2.ControllerMessage) -> None:
         kind = msg.WhichOneof("kind")

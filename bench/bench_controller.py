@@ -250,6 +250,7 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             latencies.extend(lat)
             all_acked.append(max(lat))
         wall = time.monotonic() - t_pushes
+        rss_after = _rss(ctl.pid)  # growth here would be per-message memory kept per stream
         cpu_ctl = _cpu_s(ctl.pid) - cpu_ctl0
         cpu_workers = sum(_cpu_s(w.pid) for w in workers) - cpu_workers0
         return {
@@ -266,6 +267,7 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             "controller_rss_idle_mb": round(rss_idle / 2**20, 1),
             "controller_rss_connected_mb": round(rss_connected / 2**20, 1),
             "controller_rss_per_agent_kb": round((rss_connected - rss_idle) / n / 1024, 1),
+            "controller_rss_after_pushes_mb": round(rss_after / 2**20, 1),
         }
     finally:
         for w in workers:

@@ -5,7 +5,8 @@ slots — control messages (pings, live queries; at most :data:`CONTROL_SLOTS`),
 newest policy update not yet written, the newest node directory not yet written.  A
 new revision *replaces* the pending one (coalesce to the latest), so a slow or stuck
 agent holds at most one policy message and never delays anyone: :meth:`Hub.publish`
-only fills slots and sets events, it never awaits a stream.
+only fills slots (starting a stream's writer task if it has none), it never awaits a
+stream.
 
 Every message is a ``ControllerMessage`` serialized ONCE into ``bytes``; the agent
 stream's gRPC response serializer passes bytes through, so the same object is written
@@ -15,15 +16,17 @@ to every stream.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from controller.revisions import Revision
 from ipsecd.v1 import agent_pb2, types_pb2
 
-__all__ = ["CONTROL_SLOTS", "Hub", "Published", "StreamState"]
+__all__ = ["CONTROL_SLOTS", "Hub", "Published", "Sink", "StreamState"]
+
+_log = logging.getLogger(__name__)
 
 CONTROL_SLOTS = 8
 
@@ -38,8 +41,20 @@ class Published:
     update_bytes: bytes = field(repr=False)
 
 
+class Sink(Protocol):
+    """Where a stream's bytes go (the gRPC servicer context of the agent stream)."""
+
+    async def write(self, message: Any) -> None: ...
+
+
 class StreamState:
-    """One agent stream as the hub sees it."""
+    """One agent stream as the hub sees it.
+
+    Memory matters here (one per connected agent, 5,000 per replica): no per-stream
+    queue object or event, and no writer task while nothing is pending — a writer task
+    is started by the first offer after :meth:`attach` and ends when the slots are
+    empty.  The stream's own task (the gRPC handler) only reads.
+    """
 
     __slots__ = (
         "closed",
@@ -52,8 +67,9 @@ class StreamState:
         "pending_policy",
         "sent_dir_version",
         "sent_rev",
+        "sink",
         "task",
-        "wake",
+        "writer",
     )
 
     def __init__(self, node: str, *, directory: bool, sent_rev: int) -> None:
@@ -63,31 +79,35 @@ class StreamState:
         self.sent_dir_version = 0
         self.pending_policy: tuple[int, bytes] | None = None
         self.pending_dir: tuple[int, bytes] | None = None
-        self.control: deque[bytes] = deque(maxlen=CONTROL_SLOTS)
-        self.wake = asyncio.Event()
+        self.control: list[bytes] = []  # at most CONTROL_SLOTS (a deque costs ~600 B more)
         self.last_rx = time.monotonic()
         self.closed = False
         self.killed = False
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Task[Any] | None = None  # the handler: cancelled by close()
+        self.sink: Sink | None = None  # None until the first messages are written
+        self.writer: asyncio.Task[None] | None = None
 
     def offer_policy(self, revision: int, data: bytes) -> None:
         if revision > self.sent_rev:
             self.pending_policy = (revision, data)  # replaces an unsent older one
-            self.wake.set()
+            self._kick()
 
     def offer_directory(self, version: int, data: bytes) -> None:
         if self.directory and version > self.sent_dir_version:
             self.pending_dir = (version, data)
-            self.wake.set()
+            self._kick()
 
     def offer_control(self, data: bytes) -> None:
-        self.control.append(data)  # bounded: the oldest control message is dropped
-        self.wake.set()
+        control = self.control
+        if len(control) >= CONTROL_SLOTS:
+            del control[0]  # bounded: the oldest control message is dropped
+        control.append(data)
+        self._kick()
 
     def next_message(self) -> bytes | None:
         """The next bytes to write, or None when nothing is pending."""
         if self.control:
-            return self.control.popleft()
+            return self.control.pop(0)
         if self.pending_policy is not None:
             revision, data = self.pending_policy
             self.pending_policy = None
@@ -102,12 +122,58 @@ class StreamState:
                 return data
         return None
 
+    def attach(self, sink: Sink) -> None:
+        """From now on pending messages are written to ``sink`` (by a writer task)."""
+        self.sink = sink
+        self._kick()
+
+    def _kick(self) -> None:
+        if self.writer is None and self.sink is not None and not self.closed:
+            self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        sink = self.sink
+        assert sink is not None
+        try:
+            while not self.closed:
+                data = self.next_message()
+                if data is None:
+                    return  # no await since the check: a later offer starts a new writer
+                await sink.write(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the RPC ended under us: end the stream
+            _log.debug("node %s: write failed (%s); closing the stream", self.node, exc)
+            self.close(kill=True)
+        finally:
+            self.writer = None
+
     def close(self, *, kill: bool = False) -> None:
+        """End the stream: its handler (blocked reading) is cancelled and returns
+        normally.  ``kill`` is accepted for callers that want to say it was forced;
+        both end the handler the same way."""
+        del kill
         self.closed = True
-        if kill and not self.killed and self.task is not None:
+        task = self.task
+        if task is not None and not self.killed and task is not _current_task():
             self.killed = True
-            self.task.cancel()
-        self.wake.set()
+            task.cancel()
+
+    def detach(self) -> None:
+        """Called by the handler when it ends: stop writing."""
+        self.closed = True
+        writer = self.writer
+        if writer is not None and writer is not _current_task():
+            writer.cancel()
+        self.writer = None
+        self.sink = None
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop (unit tests of the fan-out rules)
+        return None
 
 
 def policy_message(rev: Revision) -> agent_pb2.PolicyRevision:

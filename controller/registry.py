@@ -76,10 +76,21 @@ class NodeView:
         self.conns: dict[str, dict[str, Any]] = {}
         self.replicas: dict[str, dict[str, Any]] = {}
         self.directory_changed = False
+        # Node records this replica has just written, by key: (bytes, record).  When the
+        # watch brings the same bytes back, the record is taken as is instead of parsed
+        # again — with 5,000 acks per push that is 5,000 ``json.loads`` saved, and the
+        # record shares its strings with the registry's copy.
+        self._echo: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        self._conn_values: dict[bytes, dict[str, Any]] = {}
+
+    def expect(self, key: str, data: bytes, record: dict[str, Any]) -> None:
+        """``record`` (never mutated afterwards) is about to be written as ``data``."""
+        self._echo[key] = (data, record)
 
     def load(self, nodes: list[tuple[str, bytes]], conns: list[tuple[str, bytes]]) -> None:
         self.records.clear()
         self.conns.clear()
+        self._echo.clear()
         for key, value in nodes:
             self.apply(WatchEvent(key, value, 0))
         for key, value in conns:
@@ -91,15 +102,19 @@ class NodeView:
         if key.startswith(self.keys.nodes):
             name = key[len(self.keys.nodes) :]
             old = self.records.get(name)
+            echo = self._echo.pop(key, None)
             if event.value is None:
                 self.records.pop(name, None)
                 self.directory_changed = True
                 return
-            try:
-                rec = json.loads(event.value)
-            except ValueError:
-                _log.warning("ignoring malformed node record %s", key)
-                return
+            if echo is not None and echo[0] == event.value:
+                rec = echo[1]  # our own write coming back: same bytes, same record
+            else:
+                try:
+                    rec = json.loads(event.value)
+                except ValueError:
+                    _log.warning("ignoring malformed node record %s", key)
+                    return
             self.records[name] = rec
             if old is None or _entry_key(old) != _entry_key(rec):
                 self.directory_changed = True
@@ -108,7 +123,13 @@ class NodeView:
             if event.value is None:
                 self.conns.pop(name, None)
             else:
-                self.conns[name] = json.loads(event.value)
+                # every node of a replica has the same value: one shared (read-only) dict
+                conn = self._conn_values.get(event.value)
+                if conn is None:
+                    if len(self._conn_values) > 64:
+                        self._conn_values.clear()
+                    conn = self._conn_values[event.value] = json.loads(event.value)
+                self.conns[name] = conn
         elif key.startswith(self.keys.replicas):
             rid = key[len(self.keys.replicas) :]
             if event.value is None:
@@ -259,6 +280,9 @@ class Registry:
                 conns.append((self.keys.conn(name), conn_value))
         written = list(dict(written).items())  # one write per key: the newest record wins
         records = [(key, json.dumps(rec).encode()) for key, rec in written]
+        if self.view is not None:
+            for (key, rec), (_, data) in zip(written, records, strict=True):
+                self.view.expect(key, data, rec)
         deletes = sorted(self.conn_deletes)
         if self.view is not None:  # the node may have moved to another replica meanwhile
             mine = (None, self.replica_id)

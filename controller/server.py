@@ -533,8 +533,11 @@ class Controller:
     # -- agent streams ----------------------------------------------------------------
     async def _connect(self, request_iterator: Any, context: Any) -> None:
         try:
-            first = await asyncio.wait_for(anext(request_iterator), self.config.hello_timeout)
-        except (TimeoutError, StopAsyncIteration):
+            # context.read(), not the request iterator: no async generator per stream
+            first = await asyncio.wait_for(context.read(), self.config.hello_timeout)
+        except TimeoutError:
+            first = grpc.aio.EOF
+        if first is grpc.aio.EOF:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "agent stream: expected Hello first"
             )
@@ -548,22 +551,16 @@ class Controller:
         hello = first.hello
         stream, initial = await self._admit(hello)
         stream.task = asyncio.current_task()
-        reader = asyncio.create_task(self._read(stream, request_iterator))
         try:
             for first_bytes in initial:
                 await context.write(first_bytes)
-            while not stream.closed:
-                data = stream.next_message()
-                if data is None:
-                    stream.wake.clear()
-                    await stream.wake.wait()
-                    continue
-                await context.write(data)
+            stream.attach(context)  # a writer task runs only while something is pending
+            await self._read(stream, context)  # this task reads
         except asyncio.CancelledError:
             if not stream.killed:
                 raise
         finally:
-            reader.cancel()
+            stream.detach()
             if self.hub.remove(stream):
                 self.registry.disconnected(stream.node)
 
@@ -614,10 +611,10 @@ class Controller:
             self._sha_cache[revision] = sha
         return sha
 
-    async def _read(self, stream: StreamState, request_iterator: Any) -> None:
+    async def _read(self, stream: StreamState, context: Any) -> None:
         registry = self.registry
         try:
-            async for msg in request_iterator:
+            while (msg := await context.read()) is not grpc.aio.EOF:
                 stream.last_rx = time.monotonic()
                 kind = msg.WhichOneof("kind")
                 if kind == "ack":
@@ -633,8 +630,6 @@ class Controller:
                     registry.seen(stream.node)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass
-        finally:
-            stream.close()
 
     # -- live status ------------------------------------------------------------------
     async def node_status(self, request: Any, context: Any) -> status_pb2.NodeStatusResponse:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from controller.hub import CONTROL_SLOTS, Hub, StreamState
 from controller.revisions import Revision
 from ipsecd.v1 import agent_pb2
+from tests.support.aio import run_async
 
 
 def _rev(n: int) -> Revision:
@@ -99,3 +103,60 @@ def test_policy_text_never_in_reprs() -> None:
     assert secret not in repr(PolicyReceived(1, "0" * 64, rev.text))
     published = Published(1, "0" * 64, policy_message(rev), b"bytes")
     assert secret not in repr(published)
+
+
+class _Sink:
+    """Stands in for the gRPC context (the integration tests run the real one)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.written: list[bytes] = []
+        self.fail = fail
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def write(self, message: Any) -> None:
+        await self.gate.wait()
+        if self.fail:
+            raise RuntimeError("the RPC is over")
+        self.written.append(message)
+
+
+@run_async(10)
+async def test_writer_task_only_while_something_is_pending_and_in_order() -> None:
+    s = StreamState("n", directory=True, sent_rev=0)
+    s.offer_control(b"ping")  # before attach: kept, not written
+    assert s.writer is None
+    sink = _Sink()
+    sink.gate.clear()
+    s.attach(sink)
+    assert s.writer is not None
+    s.offer_policy(1, b"rev1")
+    s.offer_policy(2, b"rev2")  # coalesced: rev1 is never written
+    s.offer_directory(1, b"dir1")
+    sink.gate.set()
+    for _ in range(50):
+        if s.writer is None:
+            break
+        await asyncio.sleep(0)
+    assert s.writer is None  # drained: no task left behind for an idle stream
+    assert sink.written == [b"ping", b"rev2", b"dir1"]
+    s.offer_control(b"ping2")  # a later offer starts a new writer
+    assert s.writer is not None
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sink.written[-1] == b"ping2" and s.writer is None
+
+
+@run_async(10)
+async def test_failed_write_closes_the_stream_and_cancels_its_handler() -> None:
+    s = StreamState("n", directory=False, sent_rev=0)
+    handler = asyncio.create_task(asyncio.sleep(30))  # stands for the reading handler
+    s.task = handler
+    s.attach(_Sink(fail=True))
+    s.offer_policy(1, b"rev1")
+    await asyncio.wait([handler], timeout=5)
+    assert handler.cancelled() and s.closed and s.killed
+    s.offer_policy(2, b"rev2")
+    assert s.writer is None  # closed: nothing more is written
+    s.detach()
+    assert s.sink is None

@@ -81,3 +81,29 @@ async def test_disconnect_keeps_record_and_spares_a_moved_conn() -> None:
     kept = await store.get(KEYS.conn("n2"))
     assert kept is not None and kept.value == moved
     assert await store.get(KEYS.node("n1")) is not None  # last status stays for `status`
+
+
+@run_async(10)
+async def test_own_write_echo_reuses_the_record_and_foreign_bytes_are_parsed() -> None:
+    store, view, reg = _setup()
+    lease = await store.grant_lease(10)
+    reg.connected(_hello("n1"), None)
+    reg.acked("n1", agent_pb2.Ack(revision=2, ok=True))
+    await reg.flush(lease)
+    raw = (await store.get(KEYS.node("n1"))).value  # type: ignore[union-attr]
+    view.apply(WatchEvent(KEYS.node("n1"), raw, 0))  # our own write, as the watch sees it
+    echoed = view.records["n1"]
+    assert echoed == json.loads(raw) and echoed["status"]["applied_revision"] == 2
+    assert echoed is not reg.local["n1"].record  # a snapshot, not the live record
+    # reused, not parsed again: it shares the (never mutated) address list
+    assert echoed["addresses"] is reg.local["n1"].record["addresses"]
+    reg.acked("n1", agent_pb2.Ack(revision=3, ok=True))
+    assert view.records["n1"]["status"]["applied_revision"] == 2  # not mutated behind etcd
+    # another replica wrote the key meanwhile: different bytes are parsed, not trusted
+    await reg.flush(lease)
+    other = json.dumps({"name": "n1", "status": {"applied_revision": 9}}).encode()
+    view.apply(WatchEvent(KEYS.node("n1"), other, 0))
+    assert view.records["n1"]["status"]["applied_revision"] == 9
+    # a stale expectation never masks a later foreign value either
+    view.apply(WatchEvent(KEYS.node("n1"), raw, 0))
+    assert view.records["n1"] == json.loads(raw)
