@@ -65,7 +65,13 @@ def _policy(n: int) -> str:
 
 # -- worker: a process full of simulated agents ---------------------------------------------
 async def _worker(controller: str, first: int, count: int) -> None:
-    from agent.stream import AgentIdentity, AgentStream, PolicyReceived, StreamConnected
+    from agent.stream import (
+        CHANNEL_OPTIONS,
+        AgentIdentity,
+        AgentStream,
+        PolicyReceived,
+        StreamConnected,
+    )
 
     loop = asyncio.get_running_loop()
     connected: set[int] = set()
@@ -101,7 +107,15 @@ async def _worker(controller: str, first: int, count: int) -> None:
             node=f"bench-{first + i:05d}", addresses=(f"10.99.{i // 250}.{i % 250}",)
         )
         streams.append(
-            AgentStream([controller], ident, on_event=make_handler(i), idle_timeout=120.0)
+            AgentStream(
+                [controller],
+                ident,
+                on_event=make_handler(i),
+                idle_timeout=120.0,
+                # one TCP connection per simulated agent, as real nodes have: without
+                # this, grpc shares one subchannel among every channel of the process
+                channel_options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)],
+            )
         )
     tasks = []
     for i, s in enumerate(streams):
