@@ -18,7 +18,7 @@ import gc
 import itertools
 import socket
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -405,32 +405,38 @@ class XfrmClient:
         )
         await self._exchange(req)
 
+    async def _single_reply(
+        self, req: Request, kind: MsgType, decode: Callable[[Any], T], what: str
+    ) -> T:
+        """Send ``req`` and decode the one reply of type ``kind``."""
+        for got, msg in await self._exchange(req):
+            if got == kind:
+                return decode(msg)
+        raise XfrmError(f"{what}: the kernel sent no answer", op=req.op.value)
+
     async def get_default_policy(self) -> DefaultPolicy:
         req = Request(
             codec.encode_get_default(self.next_seq()), Op.GET_DEFAULT, f"in {describe(self.netns)}"
         )
-        for kind, msg in await self._exchange(req):
-            if kind == MsgType.GETDEFAULT:
-                return codec.decode_default(msg)
-        raise XfrmError("get default policy: the kernel sent no answer", op=Op.GET_DEFAULT.value)
+        return await self._single_reply(
+            req, MsgType.GETDEFAULT, codec.decode_default, "get default policy"
+        )
 
     async def sad_info(self) -> SadInfo:
         req = Request(
             codec.encode_info_request(MsgType.GETSADINFO, self.next_seq()), Op.GET_INFO, "SAD"
         )
-        for kind, msg in await self._exchange(req):
-            if kind == MsgType.NEWSADINFO:
-                return codec.decode_sadinfo(msg)
-        raise XfrmError("read SAD info: the kernel sent no answer", op=Op.GET_INFO.value)
+        return await self._single_reply(
+            req, MsgType.NEWSADINFO, codec.decode_sadinfo, "read SAD info"
+        )
 
     async def spd_info(self) -> SpdInfo:
         req = Request(
             codec.encode_info_request(MsgType.GETSPDINFO, self.next_seq()), Op.GET_INFO, "SPD"
         )
-        for kind, msg in await self._exchange(req):
-            if kind == MsgType.NEWSPDINFO:
-                return codec.decode_spdinfo(msg)
-        raise XfrmError("read SPD info: the kernel sent no answer", op=Op.GET_INFO.value)
+        return await self._single_reply(
+            req, MsgType.NEWSPDINFO, codec.decode_spdinfo, "read SPD info"
+        )
 
 
 def _operation_request(x: XfrmClient, op: Operation) -> Request:
