@@ -158,6 +158,8 @@ def main() -> int:
         "within_target": total <= TARGET_S,
         "node_policies": len(config.policies),  # type: ignore[attr-defined]
         "node_connections": len(config.connections),  # type: ignore[attr-defined]
+        # per-node overlap findings of the compiler (docs/spd.md section 9): 0 expected
+        "node_findings": len(config.diagnostics),  # type: ignore[attr-defined]
         "reference_ipaddress_parse_18k_s": round(med(ref_t), 4),
         "reference_python_loop_5m_s": round(_loop_reference(), 4),
         "runs": RUNS,

@@ -2,7 +2,7 @@
 
 Local subcommands (no controller needed)::
 
-    ipsecctl validate FILE...
+    ipsecctl validate FILE... [--nodes NODES_FILE]
     ipsecctl compile FILE --node NAME --nodes NODES_FILE [-o json|text] [--show-secrets]
 
 Adding subcommands from another module
@@ -29,7 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.cli_remote import register as _register_remote
-from ipsecd.spd import SpdError, compile_node, load_file, load_nodes_file
+from ipsecd.spd import (
+    Diagnostic,
+    SpdError,
+    check_expanded,
+    compile_node,
+    load_file,
+    load_nodes_file,
+)
 
 __all__ = ["REGISTRARS", "build_parser", "main"]
 
@@ -40,6 +47,9 @@ def _register_local(subparsers: Any) -> None:
     p = subparsers.add_parser("validate", help="check SPD files; print every error and warning")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print warnings")
+    p.add_argument("--nodes", metavar="NODES_FILE",
+                   help="also compile for every node of this directory and check the "
+                        "per-node policies")  # fmt: skip
     p.set_defaults(func=_validate)
 
     p = subparsers.add_parser("compile", help="show what one node enforces under an SPD file")
@@ -92,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    directory = None
+    if args.nodes is not None:
+        try:
+            directory = load_nodes_file(args.nodes)
+        except SpdError as exc:
+            print(exc.render(), file=sys.stderr)
+            print(f"error: {args.nodes} is invalid", file=sys.stderr)
+            return 1
     status = 0
     for name in args.files:
         try:
@@ -101,10 +119,22 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"error: {name} is invalid", file=sys.stderr)
             status = 1
             continue
+        warnings = list(policy.warnings)
+        errors: list[Diagnostic] = []
+        if directory is not None:  # the per-node view: what the nodes will enforce
+            for d in check_expanded(policy, directory):
+                (errors if d.is_error else warnings).append(d)
+        for d in errors:
+            print(d.render(), file=sys.stderr)
         if not args.quiet:
-            for warning in policy.warnings:
+            for warning in warnings:
                 print(warning.render(), file=sys.stderr)
-        print(f"{name}: ok ({len(policy.warnings)} warnings)")
+        if errors:
+            print(f"error: {name} is invalid for the nodes of {args.nodes}", file=sys.stderr)
+            status = 1
+            continue
+        nodes = "" if directory is None else f", compiled for {len(directory)} nodes"
+        print(f"{name}: ok ({len(warnings)} warnings{nodes})")
     return status
 
 

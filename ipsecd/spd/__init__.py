@@ -6,11 +6,13 @@ Public API (other components code against these names)::
     load_file(path) -> Policy                      # passes the file's mode
     load_nodes_file(path) -> list[NodeInfo]
     compile_node(policy, node, directory) -> NodeConfig
+    check_expanded(policy, directory) -> list[Diagnostic]   # per-node findings, merged
     SpdError(.diagnostics), Diagnostic(.render()), Secret, SecretRef
 
 Only :class:`SpdError` ever escapes the loaders.  See docs/spd.md for the language.
 """
 
+from .check import check_expanded
 from .compiler import IkeConnection, KernelPolicy, NodeConfig, TrafficSelector, compile_node
 from .errors import Diagnostic, Severity, SpdError
 from .loader import load_file, load_text
@@ -23,6 +25,7 @@ from .model import (
     Level,
     ManualSa,
     Mode,
+    Peer,
     Policy,
     Selector,
     Template,
@@ -44,6 +47,7 @@ __all__ = [
     "Mode",
     "NodeConfig",
     "NodeInfo",
+    "Peer",
     "Policy",
     "Secret",
     "SecretRef",
@@ -52,6 +56,7 @@ __all__ = [
     "SpdError",
     "Template",
     "TrafficSelector",
+    "check_expanded",
     "compile_node",
     "load_file",
     "load_nodes_file",

@@ -16,10 +16,8 @@ __all__ = [
     "IKE_ENC",
     "IKE_INTEG",
     "IKE_PRF",
-    "XFRM_NAMES",
     "AlgInfo",
     "key_bits_text",
-    "xfrm_name",
 ]
 
 
@@ -296,32 +294,3 @@ def key_bits_text(bits: tuple[int, ...] | range) -> str:
     if isinstance(bits, range):
         return f"{bits.start} to {bits.stop - 1} bits"
     return "/".join(str(b) for b in bits) + " bits"
-
-
-# Canonical algorithm name (as in ManualSa.enc/.auth/.comp) -> (Linux crypto API name,
-# ICV / truncation length in bits; 0 where it does not apply).  For the XFRM layer.
-# RFC 4868 2.3 (HMAC-SHA-256/384/512 truncated to half), RFC 2404 (SHA-1 96),
-# RFC 3566 (XCBC 96), RFC 4106 8.1 / RFC 7634 (16-octet ICV).
-XFRM_NAMES: dict[str, tuple[str, int]] = {
-    "aes-cbc": ("cbc(aes)", 0),
-    "aes-ctr": ("rfc3686(ctr(aes))", 0),
-    "aes-gcm-16": ("rfc4106(gcm(aes))", 128),
-    "aes-gmac": ("rfc4543(gcm(aes))", 128),
-    "chacha20-poly1305": ("rfc7539esp(chacha20,poly1305)", 128),
-    "camellia-cbc": ("cbc(camellia)", 0),
-    "null": ("ecb(cipher_null)", 0),
-    "hmac-sha2-256": ("hmac(sha256)", 128),
-    "hmac-sha2-384": ("hmac(sha384)", 192),
-    "hmac-sha2-512": ("hmac(sha512)", 256),
-    "hmac-sha1": ("hmac(sha1)", 96),
-    "aes-xcbc-mac": ("xcbc(aes)", 96),
-    "deflate": ("deflate", 0),
-    "lzs": ("lzs", 0),
-}
-
-
-def xfrm_name(canonical: str, *, auth: bool = False) -> tuple[str, int]:
-    """Kernel name and ICV bits of a canonical algorithm (``auth`` for ``null`` auth)."""
-    if auth and canonical == "null":
-        return ("digest_null", 0)
-    return XFRM_NAMES[canonical]

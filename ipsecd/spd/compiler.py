@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ._gc import gc_paused
-from .errors import Diagnostic, Severity, SpdError
+from .errors import Diagnostic, Loc, Severity, SpdError
+from .limits import MAX_WARNINGS
 from .model import (
     Action,
     Address,
@@ -22,6 +23,7 @@ from .model import (
     Level,
     ManualSa,
     Mode,
+    Peer,
     Policy,
     Prefix,
     Rule,
@@ -32,17 +34,34 @@ from .model import (
 )
 from .nodes import NodeInfo, members, node_in_group
 from .output import config_to_dict, config_to_text
+from .overlap import (
+    Item,
+    Verdict,
+    classify,
+    expanded_message,
+    find_conflicts,
+    stopped_message,
+)
+from .priorities import (
+    CONNECTION_OFFSET,
+    PRIORITY_DEFAULT,
+    auto_priority,
+    connection_priority,
+)
 from .secrets import KeyMaterial
 from .values import network
 
 __all__ = [
+    "CONNECTION_OFFSET",
     "DEFAULT_AH",
     "DEFAULT_ESP",
     "DEFAULT_IKE",
+    "PRIORITY_DEFAULT",
     "IkeConnection",
     "KernelPolicy",
     "NodeConfig",
     "TrafficSelector",
+    "auto_priority",
     "compile_node",
 ]
 
@@ -74,7 +93,15 @@ class TrafficSelector:
 
 @dataclass(frozen=True, slots=True)
 class IkeConnection:
-    """One IKEv2 peer relationship this node runs (RFC 7296)."""
+    """One IKEv2 peer relationship this node runs (RFC 7296).
+
+    ``initiator``: this node has the lower address, so it is the one that initiates
+    when the connection starts at all.  ``start`` says when (docs/spd.md, connection):
+    ``eager`` at once, ``ondemand`` on the first packet (an XFRM ACQUIRE), ``passive``
+    never (only answer).  ``external``: the peer is a ``peer`` statement (another IKEv2
+    implementation outside the cluster), not a cluster node; ``peer`` is then the
+    peer statement's name and ``remote_id`` its IKE identity.
+    """
 
     name: str
     connection: str
@@ -99,11 +126,19 @@ class IkeConnection:
     child_lifetime: int
     dpd: int
     origin: str
+    start: str = "eager"  # eager | ondemand | passive
+    external: bool = False  # the peer is outside the cluster (a 'peer' statement)
 
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    """Everything one node enforces.  Keys stay inside (``repr=False``)."""
+    """Everything one node enforces.  Keys stay inside (``repr=False``).
+
+    ``warnings`` are one-line texts (``FILE:LINE:COL: message``); ``diagnostics`` are
+    the same findings as located :class:`Diagnostic` values, messages free of
+    node-specific addresses so that findings of several nodes can be merged
+    (:func:`ipsecd.spd.check_expanded`).  Two policies of this node with the same
+    selector and different actions are an error there; the node keeps the winner."""
 
     node: str
     defaults: Defaults
@@ -111,6 +146,7 @@ class NodeConfig:
     sas: tuple[ManualSa, ...]
     connections: tuple[IkeConnection, ...]
     warnings: tuple[str, ...] = ()
+    diagnostics: tuple[Diagnostic, ...] = ()
 
     def to_dict(self, redact: bool = True) -> dict[str, object]:
         return config_to_dict(self, redact=redact)
@@ -141,6 +177,22 @@ def _compile_node(policy: Policy, node: NodeInfo, directory: Sequence[NodeInfo])
                 )
             ]
         )
+    peer = policy.peers.get(node.name)
+    if peer is not None:  # a peer never compiles as a node
+        loc = peer.loc
+        raise SpdError(
+            [
+                Diagnostic(
+                    loc.filename,
+                    loc.line,
+                    loc.col,
+                    Severity.ERROR,
+                    f"node '{node.name}' has the name of a peer outside the cluster",
+                    "rename the peer statement or the node: a peer never compiles as a node",
+                    loc.source_line,
+                )
+            ]
+        )
     ctx = _Ctx(policy, node, tuple(sorted(directory, key=lambda n: n.name)))
     for entry in policy.spd:
         ctx.spd_entry(entry)
@@ -155,8 +207,16 @@ def _compile_node(policy: Policy, node: NodeInfo, directory: Sequence[NodeInfo])
         )
     )
     connections = ctx.final_connections()  # adds the connections' kernel policies
+    policies = ctx.final_policies()
+    diagnostics = ctx.capped_diagnostics()
     return NodeConfig(
-        node.name, policy.defaults, ctx.final_policies(), sas, connections, tuple(ctx.warnings)
+        node.name,
+        policy.defaults,
+        policies,
+        sas,
+        connections,
+        tuple(f"{d.location()}: {d.message}" for d in diagnostics),
+        diagnostics,
     )
 
 
@@ -183,24 +243,17 @@ def _proto_fits(proto: int, version: int) -> bool:
     return not ((proto == 1 and version == 6) or (proto == 58 and version == 4))
 
 
-#: setkey's ``prio def`` (ipsec_set_policy(3) PRIORITY_DEFAULT): a policy without an
-#: explicit priority sits at this level, so ``prio high`` beats it and ``prio low`` loses.
-PRIORITY_DEFAULT = 0x80000000
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where a kernel policy of this node comes from, for the per-node overlap check:
+    the statement, its explicit priority (or None), its tier offset, and whether the
+    policy depends on the node (the file-level check in validate.py cannot see it)."""
 
-
-def auto_priority(sel: Selector) -> int:
-    """``PRIORITY_DEFAULT - specificity``: more specific selectors get lower numbers (win).
-
-    Range ``PRIORITY_DEFAULT - 288 .. PRIORITY_DEFAULT``; explicit setkey priorities
-    (``prio high`` = 0x40000000, ``prio low`` = 0xC0000000) order against it as they
-    would in setkey.
-    """
-    scale = 4 if sel.src.version == 4 else 1
-    spec = (sel.src.prefixlen + sel.dst.prefixlen) * scale // 2
-    spec += 16 if sel.proto else 0
-    spec += 8 if sel.sport else 0
-    spec += 8 if sel.dport else 0
-    return PRIORITY_DEFAULT - spec
+    loc: Loc
+    label: str
+    explicit: int | None
+    offset: int
+    node_dependent: bool
 
 
 @dataclass
@@ -208,6 +261,7 @@ class _Pending:
     name: str
     conn: Connection
     peer: NodeInfo
+    external: Peer | None
     local: Address
     remote: Address
     outer_local: Address
@@ -222,8 +276,11 @@ class _Ctx:
         self.node = node
         self.directory = directory
         self.policies: list[KernelPolicy] = []
+        self.origins: list[_Origin] = []  # one per entry of self.policies
         self.pending: list[_Pending] = []
-        self.warnings: list[str] = []
+        self.diagnostics: list[Diagnostic] = []
+        self._node_addresses: dict[Address, str] | None = None
+        self._said: set[tuple[object, ...]] = set()
         self._hosts: dict[str, dict[int, tuple[Address, Prefix]]] = {}
         self._props: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._texts: dict[Address, str] = {}
@@ -256,13 +313,17 @@ class _Ctx:
             applies = True
         if applies:
             prio = e.priority if e.priority is not None else auto_priority(e.selector)
-            self.add(e.selector, e.direction, e.action, e.templates, prio, e.loc.short())
+            origin = _Origin(e.loc, "spdadd", e.priority, 0, False)
+            self.add(e.selector, e.direction, e.action, e.templates, prio, origin)
 
     # -- native bypass/discard ---------------------------------------------------
     def rule(self, r: Rule) -> None:
         group = self.policy.groups.get(r.group) if r.group else None
         if r.group and not node_in_group(self.node, group):
             return
+        kind = "bypass" if r.action is Action.ALLOW else "discard"
+        node_dependent = r.group is not None or "@self" in (r.src, r.dst)
+        origin = _Origin(r.loc, f"{kind} rule", r.priority, 0, node_dependent)
         for src, dst in self._rule_nets(r):
             for d in r.directions:
                 ports = (
@@ -276,7 +337,7 @@ class _Ctx:
                     else:
                         sel = Selector(dst, src, r.proto, dport, sport, r.icmp_type, r.icmp_code)
                     prio = r.priority if r.priority is not None else auto_priority(sel)
-                    self.add(sel, d, r.action, (), prio, r.loc.short())
+                    self.add(sel, d, r.action, (), prio, origin)
 
     def _rule_nets(self, r: Rule) -> list[tuple[Prefix, Prefix]]:
         def nets(spec: str | Prefix, version: int) -> list[Prefix]:
@@ -292,12 +353,18 @@ class _Ctx:
 
     # -- connections: one IKE connection per peer and address family ----------------
     def connection(self, c: Connection) -> None:
-        groups = self.policy.groups
+        groups, externals = self.policy.groups, self.policy.peers
+        a_ext, b_ext = externals.get(c.a_group), externals.get(c.b_group)
         a_grp = groups.get(c.a_group) if c.a_group != "all" else None
         b_grp = groups.get(c.b_group) if c.b_group != "all" else None
-        in_a = node_in_group(self.node, a_grp)
-        in_b = node_in_group(self.node, b_grp)
+        in_a = a_ext is None and node_in_group(self.node, a_grp)
+        in_b = b_ext is None and node_in_group(self.node, b_grp)
         if not (in_a or in_b):
+            return
+        if a_ext is not None or b_ext is not None:  # a peer outside the cluster
+            ext = a_ext if a_ext is not None else b_ext
+            assert ext is not None
+            self._external_pair(c, ext, "b" if in_b else "a")
             return
         peers: dict[str, tuple[NodeInfo, list[str]]] = {}
         if in_a:
@@ -311,24 +378,59 @@ class _Ctx:
             peer, sides = peers[name]
             self._pair(c, peer, sides)
 
-    def hosts(self, node: NodeInfo) -> dict[int, tuple[Address, Prefix]]:
+    def _external_pair(self, c: Connection, ext: Peer, side: str) -> None:
+        """This node (on ``side`` of ``between``) and a peer outside the cluster."""
+        owners = self.node_addresses()
+        for addr in ext.addresses:
+            owner = owners.get(addr)
+            if owner is not None:
+                self.warn(
+                    ext.loc,
+                    f"peer '{ext.name}' has the address {addr} of cluster node '{owner}'",
+                    "a peer is outside the cluster: name the node in a node group instead",
+                )
+                if owner == self.node.name:
+                    return
+        self._pair(c, NodeInfo(ext.name, ext.addresses), [side], ext)
+
+    def node_addresses(self) -> dict[Address, str]:
+        if self._node_addresses is None:
+            self._node_addresses = {a: n.name for n in self.directory for a in n.addresses}
+        return self._node_addresses
+
+    def warn(self, loc: Loc, message: str, hint: str = "", *, error: bool = False) -> None:
+        """A finding for this node, once (several connections may find the same)."""
+        severity = Severity.ERROR if error else Severity.WARNING
+        key = (loc.line, loc.col, severity, message)
+        if key not in self._said:
+            self._said.add(key)
+            self.diagnostics.append(Diagnostic(loc.filename, loc.line, loc.col, severity,
+                                               message, hint, loc.source_line))  # fmt: skip
+
+    def hosts(self, node: NodeInfo, external: bool = False) -> dict[int, tuple[Address, Prefix]]:
         """First address of each IP version and its host prefix (cached per node)."""
-        found = self._hosts.get(node.name)
+        key = ("peer " if external else "") + node.name  # node names have no spaces
+        found = self._hosts.get(key)
         if found is None:
             found = {}
             for addr in node.addresses:
                 if addr.version not in found:
                     found[addr.version] = (addr, _host(addr))
-            self._hosts[node.name] = found
+            self._hosts[key] = found
         return found
 
-    def _pair(self, c: Connection, peer: NodeInfo, sides: list[str]) -> None:
-        mine, theirs = self.hosts(self.node), self.hosts(peer)
+    def _pair(
+        self, c: Connection, peer: NodeInfo, sides: list[str], external: Peer | None = None
+    ) -> None:
+        mine, theirs = self.hosts(self.node), self.hosts(peer, external is not None)
         families = [v for v in (4, 6) if v in mine and v in theirs]
         if not families:
-            self.warnings.append(
-                f"{c.loc.short()}: connection '{c.name}': {self.node.name} and "
-                f"{peer.name} share no address family; skipped"
+            what = "peer" if external is not None else "node"
+            self.warn(
+                c.loc,
+                f"connection '{c.name}': {self.node.name} and {what} {peer.name} "
+                "share no address family; skipped",
+                "give both an address of the same family (IPv4 or IPv6)",
             )
             return
         for family in families:
@@ -345,6 +447,7 @@ class _Ctx:
                     f"{c.name}/{peer.name}{suffix}",
                     c,
                     peer,
+                    external,
                     local,
                     remote,
                     o_local,
@@ -429,7 +532,10 @@ class _Ctx:
         c = p.conn
         ike, esp, ah = self._proposals(c)
         local_id = self.node.name if c.local_id == "name" else self._text(p.outer_local)
-        remote_id = p.peer.name if c.local_id == "name" else self._text(p.outer_remote)
+        if p.external is not None:  # the peer statement's identity, or its address
+            remote_id = p.external.ike_id or self._text(p.remote)
+        else:
+            remote_id = p.peer.name if c.local_id == "name" else self._text(p.outer_remote)
         return IkeConnection(
             p.name,
             c.name,
@@ -454,6 +560,8 @@ class _Ctx:
             c.child_lifetime,
             c.dpd,
             c.loc.short(),
+            c.start,
+            p.external is not None,
         )
 
     def _connection_policies(self, p: _Pending, reqid: int) -> None:
@@ -463,11 +571,13 @@ class _Ctx:
             in_t = self._templates(c, reqid, p.outer_remote, p.outer_local)
         else:  # transport: no endpoints, one template list serves both directions
             out_t = in_t = self._templates(c, reqid, None, None)
-        origin = c.loc.short()
+        offset = 0 if c.priority is not None else CONNECTION_OFFSET
+        origin = _Origin(c.loc, f"connection '{c.name}'", c.priority, offset, True)
         for lts, rts in zip(p.local_ts, p.remote_ts, strict=True):
             out_sel = Selector(lts.prefix, rts.prefix, lts.proto, lts.port, rts.port)
             in_sel = Selector(rts.prefix, lts.prefix, lts.proto, rts.port, lts.port)
-            prio = c.priority if c.priority is not None else auto_priority(out_sel)
+            # docs/spd.md section 4: connection policies rank below rules and spdadd
+            prio = c.priority if c.priority is not None else connection_priority(out_sel)
             self.add(out_sel, Direction.OUT, Action.IPSEC, out_t, prio, origin)
             self.add(in_sel, Direction.IN, Action.IPSEC, in_t, prio, origin)
             if c.mode is Mode.TUNNEL:
@@ -486,7 +596,7 @@ class _Ctx:
         action: Action,
         templates: tuple[Template, ...],
         prio: int,
-        origin: str,
+        origin: _Origin,
     ) -> None:
         resolved = tuple(
             replace(t, level=self._level(t.level, t.proto, t.mode))
@@ -494,7 +604,8 @@ class _Ctx:
             else t
             for t in templates
         )
-        self.policies.append(KernelPolicy(sel, d, action, resolved, prio, origin))
+        self.policies.append(KernelPolicy(sel, d, action, resolved, prio, origin.loc.short()))
+        self.origins.append(origin)
 
     def _level(self, level: Level, proto: IpsecProto, mode: Mode) -> Level:
         """``default`` takes the host-wide ``*_deflev`` (ipsec(4))."""
@@ -510,20 +621,84 @@ class _Ctx:
         return Level(value)
 
     def final_policies(self) -> tuple[KernelPolicy, ...]:
-        keyed = sorted(((_policy_order(p), p) for p in self.policies), key=lambda kp: kp[0])
-        chosen: dict[tuple[object, ...], KernelPolicy] = {}
-        for order, pol in keyed:
+        """The node's policies in priority order, one per selector and direction (the
+        first in that order stays); conflicts between them are reported."""
+        keyed = sorted(
+            ((_policy_order(p), i) for i, p in enumerate(self.policies)), key=lambda kp: kp[0]
+        )
+        chosen: dict[tuple[object, ...], int] = {}
+        for order, i in keyed:
             key = order[1:-1]  # selector and direction, as plain ints
             old = chosen.get(key)
             if old is None:
-                chosen[key] = pol
-            elif (old.action, old.templates) != (pol.action, pol.templates):
-                self.warnings.append(
-                    f"{pol.origin}: {pol.direction.value} policy "
-                    f"{_sel_text(pol.selector)} is shadowed by the one from "
-                    f"{old.origin}; dropped"
-                )
-        return tuple(chosen.values())  # insertion order is the sorted order
+                chosen[key] = i
+            elif (self.policies[old].action, self.policies[old].templates) != (
+                self.policies[i].action,
+                self.policies[i].templates,
+            ):
+                self._conflict(old, i, Verdict.EQUAL)
+        kept = list(chosen.values())  # insertion order is the sorted order
+        self._overlaps(kept)
+        return tuple(self.policies[i] for i in kept)
+
+    def _item(self, n: int, i: int) -> Item:
+        p, o = self.policies[i], self.origins[i]
+        s = p.selector
+        return Item(n, p.direction, s.src, s.dst, s.proto, s.sport, s.dport, p.action,
+                    p.templates, o.explicit, o.loc, s.icmp_type, s.icmp_code, o.offset,
+                    o.label)  # fmt: skip
+
+    def _overlaps(self, kept: list[int]) -> None:
+        """Conflicting overlaps among this node's policies (overlap.py verdicts), for
+        pairs the file-level check could not see: at least one policy of the pair
+        depends on the node (a connection's, or a rule with @self or 'on')."""
+        if not any(self.origins[i].node_dependent for i in kept):
+            return
+        items = [self._item(n, i) for n, i in enumerate(kept)]
+        scan = find_conflicts(items)
+        for a, b in scan:
+            i, j = kept[a.index], kept[b.index]
+            if self.origins[i].node_dependent or self.origins[j].node_dependent:
+                verdict = classify(a, b)
+                if verdict is not Verdict.EXCEPTION:
+                    self._conflict(i, j, verdict, a, b)
+        if scan.stopped_at is not None:
+            self.warn(scan.stopped_at.loc, *stopped_message(scan))
+
+    def _conflict(
+        self, i: int, j: int, verdict: Verdict, a: Item | None = None, b: Item | None = None
+    ) -> None:
+        a = a if a is not None else self._item(0, i)
+        b = b if b is not None else self._item(1, j)
+        loc, message, hint = expanded_message(a, b, verdict)
+        first, second = self.policies[i], self.policies[j]
+        example = (
+            f"on {self.node.name}: {first.direction.value} {_sel_text(first.selector)} "
+            f"(priority {first.priority}) and {_sel_text(second.selector)} "
+            f"(priority {second.priority})"
+        )
+        self.warn(loc, message, f"{hint}; e.g. {example}", error=verdict is Verdict.EQUAL)
+
+    def capped_diagnostics(self) -> tuple[Diagnostic, ...]:
+        """The node's findings, at most MAX_WARNINGS of them (docs/limits.md)."""
+        found = self.diagnostics
+        if len(found) <= MAX_WARNINGS:
+            return tuple(found)
+        errors = [d for d in found if d.is_error][:MAX_WARNINGS]
+        kept = errors + [d for d in found if not d.is_error][: MAX_WARNINGS - len(errors)]
+        kept_ids = {id(d) for d in kept}
+        rest = next(d for d in found if id(d) not in kept_ids)
+        summary = Diagnostic(
+            rest.filename,
+            rest.line,
+            rest.col,
+            Severity.WARNING,
+            f"{len(found) - len(kept)} more findings for node {self.node.name} not shown "
+            f"(at most {MAX_WARNINGS} per node)",
+            "fix the ones above and check again",
+            rest.source_line,
+        )
+        return (*kept, summary)
 
 
 def _ts_key(t: TrafficSelector) -> tuple[int, ...]:

@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["Diagnostic", "Loc", "Severity", "Sink", "SpdError", "redact_line"]
+from .limits import LINE_WINDOW, MAX_ERRORS, MAX_FILE_BYTES, MAX_MESSAGE, MAX_WARNINGS
+
+__all__ = ["Diagnostic", "Loc", "Severity", "Sink", "SpdError", "clip", "redact_line", "too_big"]
 
 
 class Severity(StrEnum):
@@ -45,6 +47,28 @@ def redact_line(line: str) -> str:
     return _QUOTED.sub(lambda m: '"' + "*" * (len(m.group(0)) - 1), line)
 
 
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and its end (a
+    message quotes words of the file, which may be arbitrarily long)."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    tail = limit - head - 5
+    return f"{text[:head]} ... {text[-tail:]}"
+
+
+def _window(shown: str, caret: int) -> tuple[str, int]:
+    """At most LINE_WINDOW characters of ``shown`` around index ``caret``, with '...'
+    where the line was cut; returns the piece and the caret's index in it."""
+    if len(shown) <= LINE_WINDOW:
+        return shown, caret
+    start = max(0, min(caret - LINE_WINDOW // 2, len(shown) - LINE_WINDOW))
+    end = start + LINE_WINDOW
+    head = "..." if start > 0 else ""
+    tail = "..." if end < len(shown) else ""
+    return head + shown[start:end] + tail, len(head) + caret - start
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
     """One finding.  ``render()`` gives the message, the line, a caret and a hint."""
@@ -69,8 +93,10 @@ class Diagnostic:
     def render(self) -> str:
         out = [f"{self.location()}: {self.severity.value}: {self.message}"]
         if self.source_line:
+            # mask keys on the whole line first, then cut a window around the caret
             shown = redact_line(self.source_line.rstrip("\n"))
-            prefix = "".join("\t" if ch == "\t" else " " for ch in shown[: self.col - 1])
+            shown, caret = _window(shown, max(self.col - 1, 0))
+            prefix = "".join("\t" if ch == "\t" else " " for ch in shown[:caret])
             out.append(f"  {shown}")
             out.append(f"  {prefix}^")
         if self.hint:
@@ -82,17 +108,26 @@ class Diagnostic:
 
 
 class SpdError(Exception):
-    """The only exception the SPD loader raises: all errors of one file."""
+    """The only exception the SPD loader raises: all errors of one file.
 
-    def __init__(self, diagnostics: tuple[Diagnostic, ...] | list[Diagnostic]) -> None:
+    ``total_errors`` counts errors that were found but not kept (see :class:`Sink`);
+    by default it is the number of errors among ``diagnostics``."""
+
+    def __init__(
+        self,
+        diagnostics: tuple[Diagnostic, ...] | list[Diagnostic],
+        *,
+        total_errors: int | None = None,
+    ) -> None:
         self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        shown = sum(1 for d in self.diagnostics if d.is_error)
+        self.total_errors = shown if total_errors is None else max(total_errors, shown)
         super().__init__(self.render())
 
     def render(self) -> str:
-        errors = [d for d in self.diagnostics if d.is_error]
         text = "\n".join(d.render() for d in self.diagnostics)
-        if len(errors) > 1:
-            text += f"\n{len(errors)} errors"
+        if self.total_errors > 1:
+            text += f"\n{self.total_errors} errors"
         return text
 
     def __str__(self) -> str:
@@ -100,36 +135,106 @@ class SpdError(Exception):
 
 
 class Sink:
-    """Collects diagnostics while a file is processed."""
+    """Collects diagnostics while a file is processed.
 
-    def __init__(self) -> None:
+    At most ``max_errors`` errors and ``max_warnings`` warnings are kept (docs/limits.md);
+    the others are only counted, and one last diagnostic, placed at the first one that
+    was not kept, says how many there were.  So a file full of errors costs bounded
+    memory and prints bounded text."""
+
+    def __init__(self, max_errors: int = MAX_ERRORS, max_warnings: int = MAX_WARNINGS) -> None:
         self.items: list[Diagnostic] = []
+        self.max_errors = max_errors
+        self.max_warnings = max_warnings
+        self.error_count = 0
+        self.warning_count = 0
+        self._first_dropped: dict[Severity, Loc] = {}
 
     def error(self, loc: Loc, message: str, hint: str = "") -> None:
+        self.error_count += 1
+        if self.error_count > self.max_errors:
+            self._first_dropped.setdefault(Severity.ERROR, loc)
+            return
         self._add(loc, Severity.ERROR, message, hint)
 
     def warning(self, loc: Loc, message: str, hint: str = "") -> None:
+        self.warning_count += 1
+        if self.warning_count > self.max_warnings:
+            self._first_dropped.setdefault(Severity.WARNING, loc)
+            return
         self._add(loc, Severity.WARNING, message, hint)
 
     def _add(self, loc: Loc, severity: Severity, message: str, hint: str) -> None:
         self.items.append(
-            Diagnostic(loc.filename, loc.line, loc.col, severity, message, hint, loc.source_line)
+            Diagnostic(
+                loc.filename,
+                loc.line,
+                loc.col,
+                severity,
+                clip(message),
+                clip(hint),
+                loc.source_line,
+            )
         )
 
     @property
     def has_errors(self) -> bool:
-        return any(d.is_error for d in self.items)
+        return self.error_count > 0
+
+    def _summary(self, severity: Severity) -> tuple[Diagnostic, ...]:
+        loc = self._first_dropped.get(severity)
+        if loc is None:
+            return ()
+        if severity is Severity.ERROR:
+            count, limit = self.error_count - self.max_errors, self.max_errors
+        else:
+            count, limit = self.warning_count - self.max_warnings, self.max_warnings
+        plural = "s" if count > 1 else ""
+        return (
+            Diagnostic(
+                loc.filename,
+                loc.line,
+                loc.col,
+                severity,
+                f"{count} more {severity.value}{plural} from here on not shown "
+                f"(at most {limit} {severity.value}s are listed per file)",
+                "fix the ones above and check the file again",
+                loc.source_line,
+            ),
+        )
 
     def errors(self) -> tuple[Diagnostic, ...]:
-        return tuple(d for d in self.items if d.is_error)
+        return tuple(d for d in self.items if d.is_error) + self._summary(Severity.ERROR)
 
     def warnings(self) -> tuple[Diagnostic, ...]:
-        return tuple(d for d in self.items if not d.is_error)
+        return tuple(d for d in self.items if not d.is_error) + self._summary(Severity.WARNING)
 
     def raise_if_errors(self) -> None:
         if self.has_errors:
-            raise SpdError(sorted(self.items, key=_order))
+            shown = sorted(self.items, key=_order)
+            raise SpdError(
+                shown + list(self._summary(Severity.ERROR)), total_errors=self.error_count
+            )
 
 
 def _order(d: Diagnostic) -> tuple[int, int, int]:
     return (d.line, d.col, 0 if d.is_error else 1)
+
+
+def too_big(name: str, data: bytes, what: str, limit: int = MAX_FILE_BYTES) -> Diagnostic:
+    """The error for a file over ``limit`` bytes, placed at the first byte past it."""
+    offset = limit
+    line = data.count(b"\n", 0, offset) + 1
+    start = data.rfind(b"\n", 0, offset) + 1
+    col = len(data[start:offset].decode("utf-8", "replace")) + 1
+    end = data.find(b"\n", offset)
+    shown = data[start : end if end >= 0 else len(data)]
+    return Diagnostic(
+        name,
+        line,
+        col,
+        Severity.ERROR,
+        f"the {what} file is larger than {limit} bytes; it is not read",
+        "split the policy, or use fewer and broader rules (docs/limits.md)",
+        shown.decode("utf-8", "replace"),
+    )

@@ -11,6 +11,7 @@ import re
 from enum import StrEnum
 
 from .errors import Loc, Sink
+from .limits import MAX_TOKENS
 
 __all__ = ["Kind", "Source", "Token", "tokenize"]
 
@@ -75,8 +76,13 @@ _TOKEN = re.compile(r'[^\s;{},"#]+|[;{},]|"[^"]*"?|#')
 _PUNCT = frozenset(";{},")
 
 
-def tokenize(text: str, filename: str, sink: Sink) -> tuple[list[Token], list[str]]:
-    """Split ``text`` into tokens; returns the tokens and the source lines."""
+def tokenize(
+    text: str, filename: str, sink: Sink, max_tokens: int = MAX_TOKENS
+) -> tuple[list[Token], list[str]]:
+    """Split ``text`` into tokens; returns the tokens and the source lines.
+
+    At most ``max_tokens`` tokens are read (docs/limits.md): the first one past the
+    limit gets an error and the file ends there."""
     lines = text.split("\n")
     src = Source(filename, lines)
     tokens: list[Token] = []
@@ -84,6 +90,10 @@ def tokenize(text: str, filename: str, sink: Sink) -> tuple[list[Token], list[st
     word, string, punct = Kind.WORD, Kind.STRING, Kind.PUNCT
     finditer = _TOKEN.finditer
     for line_no, line in enumerate(lines, 1):
+        if len(tokens) + len(line) >= max_tokens:  # a line has at most len(line) tokens
+            if _scan_near_limit(tokens, max_tokens, src, line_no, line, sink):
+                break
+            continue
         for m in finditer(line):
             tok = m.group()
             first = tok[0]
@@ -96,9 +106,40 @@ def tokenize(text: str, filename: str, sink: Sink) -> tuple[list[Token], list[st
             elif len(tok) >= 2 and tok[-1] == '"':
                 append(Token(string, tok[1:-1], src, line_no, m.start() + 1))
             else:
-                bad = Token(string, "", src, line_no, m.start() + 1)
-                sink.error(
-                    bad.loc, "unterminated string", 'close the string with " on the same line'
-                )
+                _unterminated(src, line_no, m.start() + 1, sink)
     append(Token(Kind.EOF, "", src, len(lines), len(lines[-1]) + 1))
     return tokens, lines
+
+
+def _unterminated(src: Source, line_no: int, col: int, sink: Sink) -> None:
+    bad = Token(Kind.STRING, "", src, line_no, col)
+    sink.error(bad.loc, "unterminated string", 'close the string with " on the same line')
+
+
+def _scan_near_limit(
+    tokens: list[Token], limit: int, src: Source, line_no: int, line: str, sink: Sink
+) -> bool:
+    """The tokenizer's loop for a line that may cross the limit: one check per token.
+    True when the limit was crossed (reported; the caller stops reading)."""
+    for m in _TOKEN.finditer(line):
+        tok = m.group()
+        first, col = tok[0], m.start() + 1
+        if first == "#":
+            break
+        if len(tokens) >= limit:
+            sink.error(
+                Token(Kind.WORD, tok, src, line_no, col).loc,
+                f"the file has more than {limit} words, strings and punctuation marks; "
+                "reading stops here",
+                "split the policy, or use fewer and broader rules (docs/limits.md)",
+            )
+            return True
+        if first in _PUNCT:
+            tokens.append(Token(Kind.PUNCT, tok, src, line_no, col))
+        elif first != '"':
+            tokens.append(Token(Kind.WORD, tok, src, line_no, col))
+        elif len(tok) >= 2 and tok[-1] == '"':
+            tokens.append(Token(Kind.STRING, tok[1:-1], src, line_no, col))
+        else:
+            _unterminated(src, line_no, col, sink)
+    return False

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import Diagnostic, Loc, Severity, Sink, SpdError
+from .errors import Diagnostic, Loc, Severity, Sink, SpdError, too_big
+from .limits import LINE_WINDOW, MAX_FILE_BYTES
 from .model import Defaults, Policy
 from .parser import Builder, parse
 from .validate import validate
@@ -20,6 +21,10 @@ def load_text(text: str, filename: str = "<string>", *, file_mode: int | None = 
     others have any access (Tru64 ipsecd(8): the SPD holds keys, so it is root-only).
     """
     try:
+        if len(text) > MAX_FILE_BYTES // 4:  # a character is at most 4 bytes in UTF-8
+            data = text.encode("utf-8", "surrogatepass")
+            if len(data) > MAX_FILE_BYTES:
+                raise SpdError([too_big(filename, data, "SPD", MAX_FILE_BYTES)])
         return _load(text, filename, file_mode)
     except SpdError:
         raise
@@ -44,11 +49,13 @@ def load_file(path: str | os.PathLike[str]) -> Policy:
     try:
         with open(name, "rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode
-            data = fh.read()
+            data = fh.read(MAX_FILE_BYTES + LINE_WINDOW)  # the limit, and the line shown past it
     except OSError as exc:
         raise SpdError(
             [Diagnostic(name, 0, 0, Severity.ERROR, f"cannot read SPD file: {exc.strerror}")]
         ) from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise SpdError([too_big(name, data, "SPD", MAX_FILE_BYTES)])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -112,4 +119,5 @@ def _policy(b: Builder, filename: str, sink: Sink) -> Policy:
         tuple(b.sas.values()),
         sink.warnings(),
         bool(b.literal_keys),
+        dict(b.peers),
     )

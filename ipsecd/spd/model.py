@@ -26,6 +26,7 @@ __all__ = [
     "ManualSa",
     "Mode",
     "NodeGroup",
+    "Peer",
     "Policy",
     "Prefix",
     "ProposalDef",
@@ -196,6 +197,21 @@ class NodeGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class Peer:
+    """An IKEv2 peer outside the cluster (a strongSwan or Libreswan gateway, ...).
+
+    It is named in ``between`` like a node group, never compiles as a node, and has
+    at most one address per family.  ``ike_id`` is its IKE identity (RFC 7296 3.5) as
+    text: an address, ``fqdn:NAME``, ``keyid:HEX`` or ``dn:DN``; ``None`` means the
+    address of the family a connection uses."""
+
+    name: str
+    addresses: tuple[Address, ...]
+    ike_id: str | None = None
+    loc: Loc = field(default=Loc("<none>", 0, 0), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficSpec:
     """Traffic between the A-side node and the B-side node of a connection.
 
@@ -246,6 +262,7 @@ class Connection:
     tunnel: Tunnel | None = None
     loc: Loc = field(default=Loc("<none>", 0, 0), compare=False)
     clause_locs: dict[str, Loc] = field(default_factory=dict, compare=False)
+    start: str = "eager"  # eager | ondemand | passive (docs/spd.md, connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +298,7 @@ class Policy:
     sas: tuple[ManualSa, ...]
     warnings: tuple[Diagnostic, ...] = ()
     has_literal_keys: bool = False
+    peers: dict[str, Peer] = field(default_factory=dict)
 
     def canonical(self) -> str:
         """Stable JSON of the meaning of the file: no comments, no locations, no key
@@ -290,6 +308,7 @@ class Policy:
             "defaults": plain(self.defaults),
             "proposals": [plain(self.proposals[k]) for k in sorted(self.proposals)],
             "groups": [plain(self.groups[k]) for k in sorted(self.groups)],
+            "peers": [plain(self.peers[k]) for k in sorted(self.peers)],
             "connections": [plain(c, secrets="fingerprint") for c in self.connections],
             "rules": [plain(r) for r in self.rules],
             "spd": [plain(e) for e in self.spd],

@@ -15,7 +15,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import Diagnostic, Loc, Severity, Sink, SpdError
+from .errors import Diagnostic, Loc, Severity, Sink, SpdError, too_big
+from .limits import LINE_WINDOW, MAX_FILE_BYTES
 from .model import Address, NodeGroup
 
 __all__ = ["NodeInfo", "load_nodes_file", "load_nodes_text", "members", "node_in_group"]
@@ -61,7 +62,9 @@ def load_nodes_file(path: str | os.PathLike[str]) -> list[NodeInfo]:
     name = os.fspath(path)
     try:
         with open(name, "rb") as fh:
-            data = fh.read()
+            data = fh.read(MAX_FILE_BYTES + LINE_WINDOW)  # the limit, and the line shown past it
+        if len(data) > MAX_FILE_BYTES:
+            raise SpdError([too_big(name, data, "nodes", MAX_FILE_BYTES)])
         text = data.decode("utf-8")
     except OSError as exc:
         raise SpdError(

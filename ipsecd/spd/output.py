@@ -110,6 +110,6 @@ def _conn_text(c: IkeConnection, redact: bool) -> str:
         f"{'+'.join(p.value for p in c.protocols)} level {c.level.value} reqid {c.reqid} "
         f"ike {','.join(c.ike_proposals)} esp {','.join(c.esp_proposals) or '-'} "
         f"ah {','.join(c.ah_proposals) or '-'} auth {auth} ids {c.local_id}/{c.remote_id} "
-        f"ts {lts} === {rts} lifetimes {c.ike_lifetime}s/{c.child_lifetime}s dpd {c.dpd}s"
-        f"  # {c.origin}"
+        f"ts {lts} === {rts} lifetimes {c.ike_lifetime}s/{c.child_lifetime}s dpd {c.dpd}s "
+        f"start {c.start}{' external' if c.external else ''}  # {c.origin}"
     )

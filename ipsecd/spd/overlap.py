@@ -16,25 +16,37 @@ contains the other: which one wins on the common packets follows from priorities
 author may never have looked at), and nested pairs where the narrower selector does not
 get the better priority (an explicit priority on one of them, or equal specificity).
 Two explicit, different priorities mean the author ordered the pair: never reported.
+
+The same logic judges the policies one node gets (:func:`expanded_message`, used by the
+compiler): there the policies of ``connection`` statements sit in a lower tier
+(``offset`` CONNECTION_OFFSET, docs/spd.md section 4), so native rules and setkey
+policies outrank them.  A pair from two tiers is ordered by the language, as if one of
+them had an explicit priority: silent when the winner does not cover the loser
+entirely, a warning when it does (the loser never applies).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Iterator
 from enum import Enum
 
-from .compiler import auto_priority
 from .errors import Loc, Sink
+from .limits import MAX_OVERLAP_WORK
 from .model import Action, Direction, Prefix, Selector, Template
+from .priorities import auto_priority
 
 __all__ = [
+    "ConflictScan",
     "Item",
     "Verdict",
     "classify",
     "effective_priority",
+    "expanded_message",
     "find_conflicts",
     "report_conflicts",
+    "stopped_message",
 ]
 
 MAX_REPORTS = 50
@@ -43,9 +55,9 @@ MAX_REPORTS = 50
 class Item:
     """One selector in the index (internal, built 10,000 times per file: a slots class)."""
 
-    __slots__ = ("action", "bits", "direction", "dport", "dst", "dst_int", "dst_len",
-                 "icmp_code", "icmp_type", "index", "loc", "priority", "proto", "sport", "src",
-                 "src_int", "src_len", "templates")  # fmt: skip
+    __slots__ = ("action", "akey", "bits", "direction", "dport", "dst", "dst_int", "dst_len",
+                 "icmp_code", "icmp_type", "index", "label", "loc", "offset", "priority",
+                 "proto", "sport", "src", "src_int", "src_len", "templates")  # fmt: skip
 
     def __init__(
         self,
@@ -62,6 +74,8 @@ class Item:
         loc: Loc,
         icmp_type: int | None = None,
         icmp_code: int | None = None,
+        offset: int = 0,
+        label: str = "",
     ) -> None:
         self.index = index
         self.direction = direction
@@ -76,12 +90,18 @@ class Item:
         self.loc = loc
         self.icmp_type = icmp_type
         self.icmp_code = icmp_code
+        self.offset = offset  # added to the automatic priority: the tier (compiler)
+        self.label = label  # what made it, for per-node messages: "connection 'mesh'"
+        self.akey = (action, templates)  # items with equal akeys never conflict
         # plain ints, computed once: the index works on these only
         self.bits = src.max_prefixlen
         self.src_int = int(src.network_address)
         self.src_len = src.prefixlen
         self.dst_int = int(dst.network_address)
         self.dst_len = dst.prefixlen
+
+
+_MIXED = object()
 
 
 def _mask(bits: int, plen: int) -> int:
@@ -94,11 +114,20 @@ class _DstBucket:
         self.plens: set[int] = set()
         self.starts: list[tuple[int, int]] = []  # (start, position in items)
         self.items: list[Item] = []
+        self.akey: object = None  # the one action of all items, or _MIXED
 
     def add(self, item: Item) -> None:
         self.by_net[(item.dst_int, item.dst_len)].append(item)
         self.plens.add(item.dst_len)
         self.items.append(item)
+        if len(self.items) == 1:
+            self.akey = item.akey
+        elif self.akey is not _MIXED and self.akey != item.akey:
+            self.akey = _MIXED
+
+    def may_conflict(self, item: Item) -> bool:
+        """False when every entry has item's action (and requests): none can conflict."""
+        return self.akey is _MIXED or self.akey != item.akey
 
     def freeze(self) -> None:
         self.starts = sorted((it.dst_int, i) for i, it in enumerate(self.items))
@@ -149,7 +178,7 @@ class _Index:
         for plen in self.src_plens[group]:
             if plen <= item.src_len:
                 bucket = buckets.get((addr & _mask(bits, plen), plen))
-                if bucket is not None:
+                if bucket is not None and bucket.may_conflict(item):
                     found.extend(bucket.overlapping(item))
         return found
 
@@ -203,7 +232,8 @@ def effective_priority(item: Item) -> int:
     """The kernel priority the compiler gives the policy (lower wins)."""
     if item.priority is not None:
         return item.priority
-    return auto_priority(Selector(item.src, item.dst, item.proto, item.sport, item.dport))
+    sel = Selector(item.src, item.dst, item.proto, item.sport, item.dport)
+    return auto_priority(sel) + item.offset
 
 
 class Verdict(Enum):
@@ -221,12 +251,17 @@ def classify(a: Item, b: Item) -> Verdict:
     if a_in_b and b_in_a:
         return Verdict.EQUAL
     explicit = [x for x in (a, b) if x.priority is not None]
+    chosen: Item | None = None
     if len(explicit) == 1:
         chosen = explicit[0]
+    elif not explicit and a.offset != b.offset:
+        chosen = a if a.offset < b.offset else b  # the tier the language ranks first
+    if chosen is not None:
         other = b if chosen is a else a
-        # The author raised (or lowered) exactly one of the two on purpose and it wins
-        # where both match; that is an ordering, not a mistake -- unless the winner
-        # contains the other entirely, which would leave the other dead (NESTED below).
+        # The author raised (or lowered) exactly one of the two on purpose, or the
+        # language ranks one tier first, and it wins where both match; that is an
+        # ordering, not a mistake -- unless the winner contains the other entirely,
+        # which would leave the other dead (NESTED below).
         if effective_priority(chosen) < effective_priority(other) and not _contains(chosen, other):
             return Verdict.EXCEPTION
     if not (a_in_b or b_in_a):
@@ -241,40 +276,73 @@ def classify(a: Item, b: Item) -> Verdict:
     return Verdict.NESTED
 
 
-def find_conflicts(items: list[Item]) -> list[tuple[Item, Item]]:
-    """Every pair of items whose selectors overlap with conflicting actions, each once,
-    in the order found (``items`` order of the narrower source)."""
-    index = _Index()
-    for item in items:
-        index.add(item)
-    index.freeze()
-    seen: set[tuple[int, int]] = set()
-    pairs: list[tuple[Item, Item]] = []
-    for item in items:
-        for other in index.candidates(item):
-            if other.index == item.index:
-                continue
-            pair = (min(item.index, other.index), max(item.index, other.index))
-            if pair in seen or not _conflicts(item, other):
-                continue
-            seen.add(pair)
-            pairs.append((item, other))
-    return pairs
+class ConflictScan:
+    """Iterates over every pair of items whose selectors overlap with conflicting
+    actions, each once, in the order found (``items`` order of the narrower source).
+
+    Many rules that all overlap each other (e.g. thousands of ``port N`` rules on the
+    same addresses) make this quadratic, so the work is bounded (docs/limits.md): after
+    ``budget`` candidate pairs the scan stops before the next item and ``stopped_at``
+    names it; the pairs found until then are all reported."""
+
+    def __init__(self, items: list[Item], budget: int = MAX_OVERLAP_WORK) -> None:
+        self.items = items
+        self.budget = budget
+        self.work = 0  # candidate pairs examined
+        self.stopped_at: Item | None = None
+
+    def __iter__(self) -> Iterator[tuple[Item, Item]]:
+        index = _Index()
+        for item in self.items:
+            index.add(item)
+        index.freeze()
+        seen: set[tuple[int, int]] = set()
+        for item in self.items:
+            if self.work >= self.budget:
+                self.stopped_at = item
+                return
+            candidates = index.candidates(item)
+            self.work += len(candidates)
+            for other in candidates:
+                if other.index == item.index:
+                    continue
+                pair = (min(item.index, other.index), max(item.index, other.index))
+                if pair in seen or not _conflicts(item, other):
+                    continue
+                seen.add(pair)
+                yield item, other
 
 
-def report_conflicts(items: list[Item], sink: Sink) -> int:
+def find_conflicts(items: list[Item], budget: int = MAX_OVERLAP_WORK) -> ConflictScan:
+    """The conflicting pairs of ``items`` (iterate over the result; see ConflictScan)."""
+    return ConflictScan(items, budget)
+
+
+def stopped_message(scan: ConflictScan) -> tuple[str, str]:
+    """Message and hint when a scan hit its budget (at ``scan.stopped_at``)."""
+    return (
+        f"the check for overlapping selectors stopped here, after {scan.work} pairs of "
+        "overlapping selectors; this statement and the ones after it were not checked "
+        "against each other",
+        "many rules overlap each other (e.g. 'port N' rules on the same addresses): "
+        "merge them, or narrow their addresses (docs/limits.md)",
+    )
+
+
+def report_conflicts(items: list[Item], sink: Sink, budget: int = MAX_OVERLAP_WORK) -> int:
     """Report conflicting overlaps: an error for equal selectors, a warning for partial
     overlaps and for nested ones the narrower selector does not win; a narrower
     selector that wins by specificity is a deliberate exception and is not reported.
     Returns the number of pairs reported."""
     count = 0
-    for a, b in find_conflicts(items):
+    scan = find_conflicts(items, budget)
+    for a, b in scan:
         verdict = classify(a, b)
         if verdict is Verdict.EXCEPTION:
             continue
         count += 1
         if verdict is Verdict.EQUAL:
-            _equal(a, b, sink)  # errors are never capped: each one must be fixed
+            _equal(a, b, sink)  # not capped here: each one must be fixed (Sink caps)
         elif count <= MAX_REPORTS:
             _warn(a, b, verdict, sink)
     if count > MAX_REPORTS:
@@ -283,6 +351,8 @@ def report_conflicts(items: list[Item], sink: Sink) -> int:
             f"{count - MAX_REPORTS} more overlapping selectors with "
             "conflicting actions were not listed",
         )
+    if scan.stopped_at is not None:
+        sink.warning(scan.stopped_at.loc, *stopped_message(scan))
     return count
 
 
@@ -329,3 +399,58 @@ def _warn(a: Item, b: Item, verdict: Verdict, sink: Sink) -> None:
         "the lower priority wins; narrow one of them so that one selector contains the "
         "other, or give both an explicit priority",
     )
+
+
+def _relation(first: Item, second: Item, verdict: Verdict) -> str:
+    if verdict is Verdict.PARTIAL:
+        return "partially overlaps"
+    return "lies inside" if _contains(first, second) else "contains"
+
+
+def expanded_message(a: Item, b: Item, verdict: Verdict) -> tuple[Loc, str, str]:
+    """Where, what and a hint for a conflicting pair of one node's policies (items with
+    a ``label``).  Nothing node-specific (addresses) goes into the message, so the same
+    finding on several nodes reads the same and can be listed once."""
+    first, second = _ordered(a, b)
+    here = f"'{second.direction.value}' policy of the {second.label}"
+    there = f"the one of the {first.label} at {first.loc.short()}"
+    acts = f"({_describe(second)} here, {_describe(first)} there)"
+    tiers = a.offset != b.offset
+    tier_hint = (
+        "native bypass/discard rules and setkey policies outrank connection policies "
+        "(docs/spd.md section 4): narrow the rule so that it leaves the connection's "
+        "traffic alone, or give one of them an explicit priority"
+    )
+    if verdict is Verdict.EQUAL:
+        message = f"{here} has the same selector as {there} but a different action {acts}"
+        p_a, p_b = effective_priority(a), effective_priority(b)
+        if p_a != p_b:
+            loser = a if p_a > p_b else b
+            message += f": the policy of the {loser.label} is dropped"
+        else:
+            message += ": only one of them can apply"
+        hint = tier_hint if tiers else "remove one of them, or make their selectors differ"
+        return second.loc, message, hint
+    p_second, p_first = effective_priority(second), effective_priority(first)
+    if p_second < p_first:
+        winner, loser = second, first
+        outcome = f"this one wins (priority {p_second} < {p_first})"
+    elif p_first < p_second:
+        winner, loser = first, second
+        outcome = f"the other one wins (priority {p_first} < {p_second})"
+    else:
+        winner = loser = first
+        outcome = f"both have priority {p_first} and neither is preferred"
+    message = (
+        f"{here} {_relation(first, second, verdict)} {there} with a conflicting action "
+        f"{acts}; where both match, {outcome}"
+    )
+    if winner is not loser and _contains(winner, loser):
+        message += f", so that policy of the {loser.label} never applies"
+    hint = (
+        tier_hint
+        if tiers
+        else "the lower priority wins; narrow one of them so that one selector contains "
+        "the other, or give both an explicit priority"
+    )
+    return second.loc, message, hint

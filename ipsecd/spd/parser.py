@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import setkey
@@ -18,6 +18,7 @@ from .algorithms import IKE_DH, IKE_ENC, IKE_INTEG, IKE_PRF, AlgInfo
 from .cursor import STATEMENT_WORDS, Bail, Cursor
 from .errors import Loc, Sink
 from .lexer import Kind, Token, tokenize
+from .limits import MACRO_CAP, MACRO_FLOOR, MACRO_MEMO, MACRO_RATIO, macro_budget
 from .model import (
     Action,
     Address,
@@ -29,6 +30,7 @@ from .model import (
     ManualSa,
     Mode,
     NodeGroup,
+    Peer,
     Prefix,
     ProposalDef,
     Rule,
@@ -40,6 +42,7 @@ from .model import (
 from .secrets import KeyMaterial, Secret, SecretRef
 from .values import (
     PROTOCOLS,
+    Problem,
     parse_address,
     parse_duration,
     parse_hex_key,
@@ -72,7 +75,10 @@ class Builder:
     literal_keys: list[Loc] = field(default_factory=list)
     group_refs: list[tuple[str, Loc]] = field(default_factory=list)
     proposal_refs: list[tuple[str, str, Loc]] = field(default_factory=list)
+    between_refs: list[tuple[str, Loc]] = field(default_factory=list)  # groups or peers
+    peers: dict[str, Peer] = field(default_factory=dict)
     stopped: bool = False  # setkey 'exit'
+    macro_words: int = 0  # words produced by macro uses (bounded: docs/limits.md)
 
 
 def parse(text: str, filename: str, sink: Sink) -> Builder:
@@ -85,12 +91,53 @@ def _parse(text: str, filename: str, sink: Sink) -> Builder:
     tokens, _lines = tokenize(text, filename, sink)
     parser = Parser(sink)
     parser.has_dollar = "$" in text
+    parser.budget = macro_budget(len(tokens))
     for stmt, end in _statements(tokens, sink):
         if parser.builder.stopped:
             sink.warning(stmt[0].loc, "statement after 'exit' is ignored")
             break
         parser.statement(stmt, end)
+    parser.builder.macro_words = parser.expanded
     return parser.builder
+
+
+@dataclass(slots=True)
+class _Macro:
+    """A defined macro: its words as written (other macros by reference), the number
+    of words it expands to, the word itself when that number is 1, and the expansion
+    once it has been made (only for short ones, MACRO_MEMO words at most)."""
+
+    items: list[Token | _Macro]
+    size: int
+    single: Token | None
+    loc: Loc
+    memo: tuple[tuple[str, Kind], ...] | None = None
+
+
+def _flatten(macro: _Macro) -> list[tuple[str, Kind]] | tuple[tuple[str, Kind], ...]:
+    """The words of ``macro`` with every macro in it expanded.  No recursion (a chain
+    of macros may be as long as the file), and each short macro is expanded once: the
+    work is about the number of words produced, which the caller has counted."""
+    if macro.memo is not None:
+        return macro.memo
+    out: list[tuple[str, Kind]] = []
+    frames: list[tuple[_Macro, Iterator[Token | _Macro], int]] = [(macro, iter(macro.items), 0)]
+    while frames:
+        current, items, start = frames[-1]
+        item = next(items, None)
+        if item is None:
+            frames.pop()
+            if current.size <= MACRO_MEMO:
+                current.memo = tuple(out[start:])
+        elif isinstance(item, Token):
+            out.append((item.text, item.kind))
+        elif item.memo is not None:
+            out.extend(item.memo)
+        elif item.single is not None:
+            out.append((item.single.text, item.single.kind))
+        else:
+            frames.append((item, iter(item.items), len(out)))
+    return out
 
 
 def _statements(tokens: list[Token], sink: Sink) -> list[tuple[list[Token], Token]]:
@@ -151,18 +198,20 @@ class Parser:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.builder = Builder()
-        self.macros: dict[str, list[Token]] = {}
+        self.macros: dict[str, _Macro] = {}
         self.has_dollar = True  # False when the text has no '$': no statement to expand
-        self.macro_locs: dict[str, Loc] = {}
+        self.budget = MACRO_FLOOR  # words macro uses may produce (set per file)
+        self.expanded = 0  # words macro uses produced so far
         self.scope: str | None = None  # the group of an enclosing ``on GROUP { }``
 
     # -- statements --------------------------------------------------------------
-    def statement(self, tokens: list[Token], end: Token) -> None:
+    def statement(self, tokens: list[Token], end: Token, *, expand: bool = True) -> None:
         first = tokens[0]
         if len(tokens) >= 2 and tokens[1].kind is Kind.WORD and tokens[1].text == "=":
             self._macro(tokens, end)
             return
-        tokens = self._expand(tokens)
+        if expand:  # the statements of an 'on' block were expanded with the block
+            tokens = self._expand(tokens)
         if not tokens:
             return
         cur = Cursor(tokens, end, self.sink)
@@ -189,22 +238,61 @@ class Parser:
                     f"bad macro name '{name_tok.text}'",
                     "macro names are letters, digits and '_', starting with a letter",
                 )
-            if name_tok.text in _HANDLERS or name_tok.text in setkey.HANDLERS:
+            reserved = name_tok.text in _HANDLERS or name_tok.text in setkey.HANDLERS
+            if reserved and name_tok.text not in _LATER_KEYWORDS:
                 cur.fail(name_tok.loc, f"'{name_tok.text}' is a keyword, not a macro name")
             if name_tok.text in self.macros:
-                prev = self.macro_locs[name_tok.text]
+                prev = self.macros[name_tok.text].loc
                 cur.fail(
                     name_tok.loc,
                     f"macro '{name_tok.text}' is defined twice",
                     f"first definition at {prev.short()}",
                 )
-            value = self._expand(tokens[2:])  # a quoted value stays one string
-            if not value:
+            if len(tokens) < 3:
                 cur.fail(end.loc, f"macro '{name_tok.text}' has no value")
-            self.macros[name_tok.text] = value
-            self.macro_locs[name_tok.text] = name_tok.loc
+            self.macros[name_tok.text] = self._define(tokens[2:], name_tok.loc)
         except Bail:
             pass
+
+    def _define(self, value: list[Token], loc: Loc) -> _Macro:
+        """A macro as written: uses of other macros are checked now (they must be
+        defined before) but expanded only where this macro is used, so a macro that is
+        never used costs no more than its own words (docs/limits.md)."""
+        items: list[Token | _Macro] = []
+        size = 0
+        for tok in value:
+            m = _MACRO_REF.fullmatch(tok.text) if tok.kind is Kind.WORD else None
+            used = self.macros.get(m.group(1)) if m is not None else None
+            if m is None or used is None:
+                if m is not None:
+                    self._undefined(tok, m.group(1))  # kept: the statement bails on it
+                items.append(tok)
+                size += 1
+            elif m.group(2):  # $name/32: joined now, the macro is a single word
+                items.append(self._joined(tok, m.group(1), used, m.group(2)))
+                size += 1
+            else:
+                items.append(used)
+                size += used.size
+        single = None
+        if size == 1:
+            only = items[0]
+            single = only if isinstance(only, Token) else only.single
+        # sizes double with every level of a macro bomb: saturate instead of growing
+        return _Macro(items, min(size, MACRO_CAP + 1), single, loc)
+
+    def _undefined(self, tok: Token, name: str) -> None:
+        self.sink.error(
+            tok.loc, f"undefined macro '${name}'", f"define it before use: {name} = VALUE;"
+        )
+
+    def _joined(self, tok: Token, name: str, used: _Macro, rest: str) -> Token:
+        if used.single is None:
+            self.sink.error(
+                tok.loc, f"macro '${name}' is a list and cannot be joined with other text"
+            )
+            return tok
+        return tok.at(used.single.text + rest, Kind.WORD)
 
     def _expand(self, tokens: list[Token]) -> list[Token]:
         if not self.has_dollar or not any("$" in tok.text for tok in tokens):
@@ -215,27 +303,38 @@ class Parser:
             if m is None:
                 out.append(tok)
                 continue
-            value = self.macros.get(m.group(1))
-            if value is None:
-                self.sink.error(
-                    tok.loc,
-                    f"undefined macro '${m.group(1)}'",
-                    f"define it before use: {m.group(1)} = VALUE;",
-                )
+            used = self.macros.get(m.group(1))
+            if used is None:
+                self._undefined(tok, m.group(1))
                 out.append(tok)  # the statement will bail quietly on it
-                continue
-            if m.group(2):
-                if len(value) != 1:
-                    self.sink.error(
-                        tok.loc,
-                        f"macro '${m.group(1)}' is a list and cannot be joined with other text",
-                    )
-                    out.append(tok)
-                    continue
-                out.append(tok.at(value[0].text + m.group(2), Kind.WORD))
-                continue
-            out.extend(tok.at(v.text, v.kind) for v in value)
+            elif m.group(2):
+                out.append(self._joined(tok, m.group(1), used, m.group(2)))
+            elif used.single is not None:
+                out.append(tok.at(used.single.text, used.single.kind))
+                self.expanded += 1
+            elif not self._charge(tok, m.group(1), used.size):
+                out.append(tok)
+            else:
+                out.extend(tok.at(text, kind) for text, kind in _flatten(used))
         return out
+
+    def _charge(self, tok: Token, name: str, size: int) -> bool:
+        """Count ``size`` expanded words against the file's budget (docs/limits.md);
+        False, with an error at the use, if they do not fit."""
+        left = self.budget - self.expanded
+        if size <= left:
+            self.expanded += size
+            return True
+        words = f"more than {MACRO_CAP}" if size > MACRO_CAP else str(size)
+        self.sink.error(
+            tok.loc,
+            f"macro '${name}' expands to {words} words, more than the {left} left of "
+            f"this file's macro expansion budget ({self.budget} words)",
+            f"the budget is {MACRO_RATIO} times the words of the file, at least "
+            f"{MACRO_FLOOR}, at most {MACRO_CAP}; a macro that uses another one twice "
+            "doubles it: write the list out, or use broader prefixes",
+        )
+        return False
 
     # -- on GROUP { ... } ----------------------------------------------------------
     def on(self, cur: Cursor) -> None:
@@ -257,7 +356,7 @@ class Parser:
                         "'on GROUP { }' holds setkey statements, sa and bypass/discard",
                     )
                     continue
-                self.statement(stmt, end)
+                self.statement(stmt, end, expand=False)
         finally:
             self.scope = None
 
@@ -494,7 +593,7 @@ class Parser:
         cur.choice("'and'", ("and",))
         b = self._name(cur, "a node group")
         st.a_group, st.b_group = a.text, b.text
-        self.builder.group_refs += [(a.text, a.loc), (b.text, b.loc)]
+        self.builder.between_refs += [(a.text, a.loc), (b.text, b.loc)]
 
     def _conn_traffic(self, cur: Cursor, st: _ConnState, kw: Token) -> None:
         proto = 0
@@ -613,6 +712,98 @@ class Parser:
 
     def _conn_id(self, cur: Cursor, st: _ConnState, kw: Token) -> None:
         st.local_id = cur.choice("an identity kind", ("address", "name")).text
+
+    def _conn_start(self, cur: Cursor, st: _ConnState, kw: Token) -> None:
+        st.start = cur.choice("a start mode", _START_MODES).text
+
+    # -- peers outside the cluster -------------------------------------------------
+    def peer(self, cur: Cursor) -> None:
+        name_tok = self._name(cur, "a peer name")
+        name = name_tok.text
+        addresses: list[Address] = []
+        ike_id: str | None = None
+        seen: dict[str, Loc] = {}
+        block = cur.accept("{") is not None
+        while not cur.at_end():
+            if block and (cur.accept(";") or cur.accept("}")):
+                continue
+            kw = cur.choice("'address' or 'id'", ("address", "id"))
+            if kw.text in seen:
+                cur.fail(
+                    kw.loc,
+                    f"'{kw.text}' is given twice in peer '{name}'",
+                    f"first at {seen[kw.text].short()}"
+                    + ("; list the addresses with ','" if kw.text == "address" else ""),
+                )
+            seen[kw.text] = kw.loc
+            if kw.text == "id":
+                ike_id = self._ike_id(cur)
+                continue
+            for tok in self._list(cur, "an address"):
+                addr = cur.value(tok, parse_address)
+                if any(a.version == addr.version for a in addresses):
+                    cur.fail(
+                        tok.loc,
+                        f"peer '{name}' has two IPv{addr.version} addresses",
+                        "a peer has one address per address family (one IKE SA each)",
+                    )
+                addresses.append(addr)
+        if not addresses:
+            cur.fail(
+                name_tok.loc,
+                f"peer '{name}' has no address",
+                f"add one: peer {name} {{ address 203.0.113.5; }}",
+            )
+        if name == "all":
+            cur.fail(name_tok.loc, "'all' is the built-in group of every node",
+                     "choose another name")  # fmt: skip
+        if name in self.builder.peers:
+            cur.fail(
+                name_tok.loc,
+                f"peer '{name}' is defined twice",
+                f"first definition at {self.builder.peers[name].loc.short()}",
+            )
+        self.builder.peers[name] = Peer(name, tuple(addresses), ike_id, name_tok.loc)
+
+    def _ike_id(self, cur: Cursor) -> str:
+        """An IKE identity (RFC 7296 3.5) as text: an address, fqdn:NAME, keyid:HEX, or
+        a quoted distinguished name (``dn:...``)."""
+        tok = cur.next('an IKE identity (address, fqdn:NAME, keyid:HEX or "DN")')
+        text = tok.text
+        if tok.kind is Kind.STRING:
+            if not text.strip():
+                cur.fail(tok.loc, "empty distinguished name")
+            cur.sink.warning(
+                tok.loc,
+                "a distinguished-name identity is matched against the peer's certificate; "
+                "certificate authentication with peers outside the cluster is a later "
+                "feature",
+                "use an address, fqdn:NAME or keyid:HEX identity with 'auth psk' for now",
+            )
+            return "dn:" + text
+        if tok.kind is not Kind.WORD:
+            cur.fail(tok.loc, f"expected an IKE identity, found {tok.describe()}")
+        if text.startswith("$"):
+            raise Bail  # an undefined macro, already reported
+        if text.startswith("fqdn:"):
+            if not _FQDN.fullmatch(text[5:]):
+                cur.fail(tok.loc, f"bad host name '{text[5:]}' in identity",
+                         "write fqdn:gw1.example.net (letters, digits, '-' and '.')")  # fmt: skip
+            return "fqdn:" + text[5:].lower()
+        if text.startswith("keyid:"):
+            digits = text[6:]
+            if not digits or len(digits) % 2 or not _HEX.fullmatch(digits):
+                cur.fail(tok.loc, f"bad key id '{digits}'",
+                         "write keyid: followed by an even number of hex digits")  # fmt: skip
+            return "keyid:" + digits.lower()
+        try:
+            return str(parse_address(text))
+        except Problem:
+            cur.fail(
+                tok.loc,
+                f"bad IKE identity '{text}'",
+                'write an address, fqdn:NAME, keyid:HEX or a quoted "DN"',
+            )
 
     # -- bypass / discard ------------------------------------------------------------
     def bypass(self, cur: Cursor) -> None:
@@ -755,6 +946,7 @@ class _ConnState:
     priority: int | None = None
     local_id: str = "address"
     tunnel: Tunnel | None = None
+    start: str = "eager"
     locs: dict[str, Loc] = field(default_factory=dict)
 
     def build(self) -> Connection:
@@ -785,6 +977,7 @@ class _ConnState:
             tunnel,
             self.loc,
             dict(self.locs),
+            start=self.start,
         )
 
 
@@ -817,7 +1010,14 @@ _CONN_CLAUSES = (
     "dpd",
     "priority",
     "id",
+    "start",
 )
+_START_MODES = ("eager", "ondemand", "passive")
+#: Statement words added after files with macros of the same name existed: such a
+#: macro is still accepted (``NAME = ...`` is told apart by its '=').
+_LATER_KEYWORDS = frozenset({"peer"})
+_FQDN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*\.?")
+_HEX = re.compile(r"[0-9A-Fa-f]+")
 _RULE_CLAUSES = ("from", "to", "port", "dir", "on", "priority", "type")
 
 _ONOFF = ("on", "off")
@@ -880,6 +1080,7 @@ _HANDLERS: dict[str, Callable[[Parser, Cursor], None]] = {
     "proposal": Parser.proposal,
     "nodes": Parser.nodes,
     "connection": Parser.connection,
+    "peer": Parser.peer,
     "bypass": Parser.bypass,
     "discard": Parser.discard,
     "on": Parser.on,

@@ -24,9 +24,11 @@ def validate(b: Builder, sink: Sink) -> None:
 
 def _validate(b: Builder, sink: Sink) -> None:
     _check_group_refs(b, sink)
+    _check_peers(b, sink)
     _check_proposal_refs(b, sink)
     for conn in b.connections:
         _check_connection(conn, sink)
+        _check_sides(b, conn, sink)
     for rule in b.rules:
         _check_rule(rule, sink)
     _check_reqids(b, sink)
@@ -36,11 +38,15 @@ def _validate(b: Builder, sink: Sink) -> None:
 
 
 def _check_unused(b: Builder, sink: Sink) -> None:
-    used_groups = {name for name, _ in b.group_refs}
+    used_groups = {name for name, _ in b.group_refs} | {name for name, _ in b.between_refs}
     for name, group in b.groups.items():
         if name not in used_groups:
             sink.warning(group.loc, f"node group '{name}' is never used",
                          "name it in 'between', in a rule's 'on', or in an 'on' block")  # fmt: skip
+    for name, peer in b.peers.items():
+        if name not in used_groups:
+            sink.warning(peer.loc, f"peer '{name}' is never used",
+                         f"name it in a connection: between GROUP and {name}")  # fmt: skip
     used = {(kind, name) for kind, name, _ in b.proposal_refs}
     for key, prop in b.proposals.items():
         if key not in used:
@@ -50,14 +56,48 @@ def _check_unused(b: Builder, sink: Sink) -> None:
 
 def _check_group_refs(b: Builder, sink: Sink) -> None:
     known = sorted(b.groups)
-    for name, loc in b.group_refs:
-        if name != "all" and name not in b.groups:
-            hint = (
-                ("defined groups: " + ", ".join(known) + ", all")
-                if known
-                else "define it with: nodes NAME name A, B | label k=v | address PREFIX;"
+    for name, loc in b.group_refs:  # 'on GROUP': node groups only
+        if name in b.peers:
+            sink.error(
+                loc,
+                f"'{name}' is a peer outside the cluster, not a node group",
+                "'on' names cluster nodes; a peer never compiles as a node",
             )
-            sink.error(loc, f"unknown node group '{name}'", hint)
+        elif name != "all" and name not in b.groups:
+            sink.error(loc, f"unknown node group '{name}'", _group_hint(known, []))
+    peers = sorted(b.peers)
+    for name, loc in b.between_refs:  # 'between': node groups or peers
+        if name != "all" and name not in b.groups and name not in b.peers:
+            sink.error(loc, f"unknown node group '{name}'", _group_hint(known, peers))
+
+
+def _group_hint(groups: list[str], peers: list[str]) -> str:
+    if not groups and not peers:
+        return "define it with: nodes NAME name A, B | label k=v | address PREFIX;"
+    hint = "defined groups: " + ", ".join([*groups, "all"])
+    return hint + ("; peers: " + ", ".join(peers) if peers else "")
+
+
+def _check_peers(b: Builder, sink: Sink) -> None:
+    for name, peer in b.peers.items():
+        group = b.groups.get(name)
+        if group is not None:
+            first, second = sorted((group.loc, peer.loc), key=lambda loc: (loc.line, loc.col))
+            sink.error(
+                second,
+                f"'{name}' is both a node group and a peer",
+                f"the other one is at {first.short()}; give them different names",
+            )
+
+
+def _check_sides(b: Builder, c: Connection, sink: Sink) -> None:
+    if c.a_group in b.peers and c.b_group in b.peers:
+        sink.error(
+            c.clause_locs.get("between", c.loc),
+            f"connection '{c.name}' has peers outside the cluster on both sides "
+            f"('{c.a_group}' and '{c.b_group}')",
+            "one side of 'between' is a node group: a peer never compiles as a node",
+        )
 
 
 def _check_proposal_refs(b: Builder, sink: Sink) -> None:

@@ -110,18 +110,31 @@ def test_ipsecd_parse_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_ipsecd_backup_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """-b reads the backup: FILE.bak beside -f FILE, else /etc/ipsec.spd.bak."""
     backup = _copy(tmp_path, EXAMPLES / "cluster.spd")
-    monkeypatch.setattr(agent_main, "BACKUP_SPD", str(backup))
-    assert agent_main.main(["-p", "-b", "-f", "/nonexistent"]) == 0
-    assert capsys.readouterr().out == f"{backup}: ok\n"
+    named = backup.with_name("policy.spd.bak")
+    backup.rename(named)
+    assert agent_main.main(["-p", "-b", "-f", str(tmp_path / "policy.spd")]) == 0
+    assert capsys.readouterr().out == f"{named}: ok\n"
+    monkeypatch.setattr(agent_main, "BACKUP_SPD", str(named))
+    assert agent_main.main(["-p", "-b"]) == 0
+    assert capsys.readouterr().out == f"{named}: ok\n"
 
 
-@pytest.mark.parametrize("argv", [[], ["-d"], ["-l", "-f", "x"], ["-o", "/tmp/x", "-m", "verbose"]])
-def test_ipsecd_daemon_modes_say_not_implemented(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--controller", "c:7480", "--node", "n"], "pass --insecure"),
+        (["--controller", "c:7480", "-f", "x", "--insecure"], "exclude each other"),
+        (["--controller", "c:7480", "-b", "--insecure"], "-b is for standalone"),
+        (["--labels", "nokey", "-f", "x"], "not key=value"),
+    ],
+)
+def test_ipsecd_option_errors_name_the_fix(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert agent_main.main(argv) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_ipsecd_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
