@@ -1,8 +1,23 @@
-"""Install 10,000 XFRM policies: ipsecd.xfrm (pipelined netlink) vs `ip -batch`.
+"""XFRM at 10,000 entries: ipsecd.xfrm against iproute2, same kernel, same run.
 
-Same policies, same kernel, same run; each tool gets a fresh network namespace per
-round.  Also times a full dump of the 10,000 policies (ipsecd.xfrm vs
-`ip xfrm policy list`).  Needs root.  Prints one JSON object as its last line.
+Per round, in fresh network namespaces:
+
+* install 10,000 policies: ipsecd.xfrm (pipelined netlink) in namespace A,
+  ``ip -batch`` in namespace B;
+* dump them, in namespace A: ``XfrmClient.dump_policies()`` the first time in this
+  process ("cold": nothing decoded before), ``ip xfrm policy list``, and
+  ``dump_policies()`` again ("steady": what the agent's reconcile loop sees, since
+  unchanged policies are recognised by their bytes, see ipsecd.xfrm.decoder);
+* agent reconcile of the 10,000 unchanged policies: dump policies + dump SAs +
+  ``xfrm.plan(desired, [], dumped, dumped_states)``, which must plan nothing — cold in
+  namespace B (the policies ``ip -batch`` installed, never dumped by this process) and
+  steady in namespace A;
+* 10,000 SAs: the host kernel has no ESP, so they are larval SAs (SPI reservations,
+  XFRM_MSG_ALLOCSPI); ``dump_states()`` cold and steady against ``ip xfrm state list``.
+
+Figures are medians over the rounds; ``ip`` times include starting the ``ip`` process,
+as an operator or a script would run it.  Needs root.  Prints one JSON object as its
+last line.
 """
 
 from __future__ import annotations
@@ -23,11 +38,16 @@ from ipsecd.xfrm import (
     Mode,
     Policy,
     Proto,
+    Request,
     Selector,
     Template,
     XfrmClient,
     address,
+    decoder,
+    plan,
 )
+from ipsecd.xfrm.codec import encode_allocspi
+from ipsecd.xfrm.errors import Op
 from ipsecd.xfrm.ownership import DEFAULT_OWNERSHIP as OWN
 
 N = 10_000
@@ -81,6 +101,7 @@ def ns_add() -> str:
 
 def ns_del(name: str) -> None:
     subprocess.run(["ip", "netns", "del", name], check=False)
+    decoder.forget(name)  # what this process remembers of its dumps
 
 
 def count(ns: str) -> int:
@@ -92,27 +113,82 @@ def count(ns: str) -> int:
     return sum(int(words[i + 1]) for i, w in enumerate(words) if w in ("IN", "OUT", "FWD"))
 
 
-async def ours(ns: str, pols: list[Policy]) -> tuple[float, float]:
+def ip_time(ns: str, *args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["ip", "-n", ns, *args], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def ip_batch(ns: str, batch_file: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["ip", "-n", ns, "-batch", batch_file], check=True)
+    return time.perf_counter() - t0
+
+
+async def install(ns: str, pols: list[Policy]) -> float:
     async with XfrmClient(ns) as x:
         t0 = time.perf_counter()
         await x.add_policies(pols)
-        t1 = time.perf_counter()
+        return time.perf_counter() - t0
+
+
+async def dump_policies(ns: str, pols: list[Policy]) -> float:
+    """One dump in a new client (as the agent's reconcile opens one per run)."""
+    async with XfrmClient(ns) as x:
+        t0 = time.perf_counter()
         dumped = await x.dump_policies()
-        t2 = time.perf_counter()
+        took = time.perf_counter() - t0
     if len(dumped) != N or set(dumped) != set(pols):
         raise SystemExit(f"error: dump returned {len(dumped)} policies, not the {N} installed")
-    return t1 - t0, t2 - t1
+    return took
 
 
-def theirs(ns: str, batch_file: str) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    subprocess.run(["ip", "-n", ns, "-batch", batch_file], check=True)
-    t1 = time.perf_counter()
-    subprocess.run(
-        ["ip", "-n", ns, "xfrm", "policy", "list"], check=True, stdout=subprocess.DEVNULL
-    )
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
+async def reconcile_noop(ns: str, pols: list[Policy]) -> float:
+    """dump + dump states + plan against the desired state; nothing may change."""
+    async with XfrmClient(ns) as x:
+        t0 = time.perf_counter()
+        dumped = await x.dump_policies()
+        dumped_states = await x.dump_states()
+        ops = plan(pols, [], dumped, dumped_states)
+        took = time.perf_counter() - t0
+    if ops or len(dumped) != N:
+        raise SystemExit(f"error: reconcile of unchanged policies planned {len(ops)} operations")
+    return took
+
+
+async def reserve_spis(ns: str) -> None:
+    """N larval SAs (one SPI reservation each), pipelined."""
+    a, b = address("192.0.2.2"), address("192.0.2.1")
+    async with XfrmClient(ns) as x:
+        reqs = [
+            Request(
+                encode_allocspi(
+                    a,
+                    b,
+                    Proto.ESP,
+                    OWN.reqid(i % 1000),
+                    x.next_seq(),
+                    spi_min=0x1000 + i,
+                    spi_max=0x1000 + i,
+                ),
+                Op.ALLOC_SPI,
+                f"spi {0x1000 + i:#x}",
+            )
+            for i in range(N)
+        ]
+        errors = [e for e in await x.batch(reqs) if e is not None]
+    if errors:
+        raise SystemExit(f"error: {len(errors)} SPI reservations failed: {errors[0]}")
+
+
+async def dump_states(ns: str) -> float:
+    async with XfrmClient(ns) as x:
+        t0 = time.perf_counter()
+        dumped = await x.dump_states()
+        took = time.perf_counter() - t0
+    if len(dumped) != N:
+        raise SystemExit(f"error: dump returned {len(dumped)} SAs, not the {N} reserved")
+    return took
 
 
 def main() -> int:
@@ -120,38 +196,55 @@ def main() -> int:
         print("error: bench_xfrm needs root (network namespaces, XFRM netlink)", file=sys.stderr)
         return 1
     pols, lines = policies()
-    add_ours, add_ip, dump_ours, dump_ip = [], [], [], []
+    figures: dict[str, list[float]] = {}
+
+    def note(name: str, value: float) -> None:
+        figures.setdefault(name, []).append(value)
+
     with tempfile.NamedTemporaryFile("w", suffix=".batch", delete=False) as fh:
         fh.write("\n".join(lines) + "\n")
         batch_file = fh.name
     try:
         for _ in range(ROUNDS):
-            a, b = ns_add(), ns_add()
+            a, b, s = ns_add(), ns_add(), ns_add()
             try:
-                t_add, t_dump = asyncio.run(ours(a, pols))
-                i_add, i_dump = theirs(b, batch_file)
+                note("install_ipsecd_s", asyncio.run(install(a, pols)))
+                note("install_ip_batch_s", ip_batch(b, batch_file))
                 if count(a) != N or count(b) != N:
                     raise SystemExit(f"error: expected {N} policies in each namespace")
+                # dumps, all in namespace A
+                note("dump_ipsecd_cold_s", asyncio.run(dump_policies(a, pols)))
+                note("dump_ip_list_s", ip_time(a, "xfrm", "policy", "list"))
+                note("dump_ipsecd_s", asyncio.run(dump_policies(a, pols)))
+                note("dump_ip_list_s", ip_time(a, "xfrm", "policy", "list"))
+                note("dump_ipsecd_s", asyncio.run(dump_policies(a, pols)))
+                # agent reconcile, nothing changed
+                note("reconcile_noop_cold_s", asyncio.run(reconcile_noop(b, pols)))
+                note("reconcile_noop_s", asyncio.run(reconcile_noop(a, pols)))
+                note("reconcile_noop_s", asyncio.run(reconcile_noop(a, pols)))
+                # SAs (larval on this kernel)
+                asyncio.run(reserve_spis(s))
+                note("dump_states_ipsecd_cold_s", asyncio.run(dump_states(s)))
+                note("dump_states_ip_list_s", ip_time(s, "xfrm", "state", "list"))
+                note("dump_states_ipsecd_s", asyncio.run(dump_states(s)))
             finally:
                 ns_del(a)
                 ns_del(b)
-            add_ours.append(t_add)
-            add_ip.append(i_add)
-            dump_ours.append(t_dump)
-            dump_ip.append(i_dump)
+                ns_del(s)
     finally:
         os.unlink(batch_file)
-    med = statistics.median
-    result = {
-        "policies": N,
-        "rounds": ROUNDS,
-        "install_ipsecd_s": round(med(add_ours), 4),
-        "install_ip_batch_s": round(med(add_ip), 4),
-        "install_ratio_ip_over_ipsecd": round(med(add_ip) / med(add_ours), 2),
-        "dump_ipsecd_s": round(med(dump_ours), 4),
-        "dump_ip_list_s": round(med(dump_ip), 4),
-        "dump_ratio_ip_over_ipsecd": round(med(dump_ip) / med(dump_ours), 2),
-    }
+    med = {k: statistics.median(v) for k, v in figures.items()}
+    result: dict[str, object] = {"entries": N, "rounds": ROUNDS}
+    result.update({k: round(v, 4) for k, v in med.items()})
+    result["install_ratio_ip_over_ipsecd"] = round(
+        med["install_ip_batch_s"] / med["install_ipsecd_s"], 2
+    )
+    for kind in ("", "states_"):
+        ip = med[f"dump_{kind}ip_list_s"]
+        result[f"dump_{kind}ratio_ip_over_ipsecd"] = round(ip / med[f"dump_{kind}ipsecd_s"], 2)
+        result[f"dump_{kind}ratio_ip_over_ipsecd_cold"] = round(
+            ip / med[f"dump_{kind}ipsecd_cold_s"], 2
+        )
     print(json.dumps(result))
     return 0
 

@@ -13,12 +13,19 @@ Quick tour::
                         await x.dump_states(), local=my_addrs)
         await x.apply(ops)
 
-Modules: :mod:`.model` (values), :mod:`.codec` (wire encode/decode), :mod:`.wire`
-(pyroute2 message classes), :mod:`.client` (async client, listener, sync wrapper),
-:mod:`.sockpolicy`, :mod:`.ownership`, :mod:`.reconcile`, :mod:`.errors`,
-:mod:`.probe`, :mod:`.stats`.
+Modules: :mod:`.model` (values), :mod:`.codec` (wire encode/decode), :mod:`.decoder`
+(fast dump decoding), :mod:`.wire` (pyroute2 message classes), :mod:`.client` (async
+client, listener, sync wrapper), :mod:`.algorithms` (the one table of kernel algorithm
+names: IKEv2 transform IDs and setkey names → XFRM attributes), :mod:`.sockpolicy`,
+:mod:`.ownership`, :mod:`.reconcile`, :mod:`.errors`, :mod:`.probe`, :mod:`.stats`.
 """
 
+from .algorithms import (
+    child_sa_algorithm_names,
+    child_sa_algorithms,
+    setkey_encryption,
+    setkey_integrity,
+)
 from .client import ReconcileError, Request, Xfrm, XfrmClient, XfrmListener, apply
 from .consts import (
     Action,
@@ -161,6 +168,8 @@ __all__ = [
     "aes_gcm",
     "apply",
     "chacha20_poly1305",
+    "child_sa_algorithm_names",
+    "child_sa_algorithms",
     "hmac_sha2",
     "network",
     "parse_ipsec_policy",
@@ -168,5 +177,7 @@ __all__ = [
     "plan",
     "probe",
     "set_socket_policy",
+    "setkey_encryption",
+    "setkey_integrity",
     "xfrm_stat",
 ]

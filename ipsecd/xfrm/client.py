@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import codec
+from . import codec, wire
 from .consts import (
     NETLINK_CAP_ACK,
     NETLINK_EXT_ACK,
@@ -34,6 +34,7 @@ from .consts import (
     MsgType,
     Proto,
 )
+from .decoder import DumpDecoder, decoder_for
 from .errors import Op, XfrmBusy, XfrmError, XfrmNotFound, XfrmPermission, from_errno
 from .model import (
     Address,
@@ -78,13 +79,14 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def open_socket(netns: Netns = None, groups: int = 0) -> socket.socket:
-    """A NETLINK_XFRM socket in ``netns``, bound (to ``groups``), non-blocking."""
+def open_socket(netns: Netns = None, groups: int = 0, *, rcvbuf: int = 8 << 20) -> socket.socket:
+    """A NETLINK_XFRM socket in ``netns``, bound (to ``groups``), non-blocking, with a
+    receive buffer of ``rcvbuf`` bytes (forced past rmem_max when privileged)."""
 
     def make() -> socket.socket:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
         try:
-            for opt, size in ((SO_RCVBUFFORCE, 8 << 20), (SO_SNDBUFFORCE, 1 << 20)):
+            for opt, size in ((SO_RCVBUFFORCE, rcvbuf), (SO_SNDBUFFORCE, 1 << 20)):
                 with contextlib.suppress(PermissionError):
                     s.setsockopt(socket.SOL_SOCKET, opt, size)
             s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
@@ -215,11 +217,9 @@ class XfrmClient:
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(self._sock, data)
 
-    async def _exchange(
-        self, req: Request, *, dump: bool = False, raw: bool = False
-    ) -> list[tuple[int, Any]]:
-        """Send one request; return the answers as (type, pyroute2 message) — or, with
-        ``raw``, (type, (buffer, offset, length)) for the fast decoders; raise on error."""
+    async def _exchange(self, req: Request, *, dump: bool = False) -> list[tuple[int, Any]]:
+        """Send one request; return the answers as (type, pyroute2 message); raise on
+        error."""
         (seq,) = codec.split_seq(req.data)
         out: list[tuple[int, Any]] = []
         async with self._lock:
@@ -238,10 +238,7 @@ class XfrmClient:
                         if dump:
                             return out
                         continue
-                    if raw:
-                        out.append((kind, (data, off, length)))
-                    else:
-                        out.append((kind, codec.decode_body(kind, data, off)))
+                    out.append((kind, codec.decode_body(kind, data, off)))
 
     async def batch(self, requests: Sequence[Request]) -> list[XfrmError | None]:
         """Pipeline ``requests`` (each must ask for an ACK); one result per request.
@@ -281,9 +278,39 @@ class XfrmClient:
         """Apply reconciler operations (see :func:`apply`)."""
         return await apply(self, ops)
 
-    async def _dump(self, kind: MsgType, op: Op, what: str) -> list[tuple[int, Any]]:
-        req = Request(codec.encode_dump(kind, self.next_seq()), op, what)
-        return await self._exchange(req, dump=True, raw=True)
+    async def _dump(
+        self,
+        kind: MsgType,
+        op: Op,
+        what: str,
+        answer: MsgType,
+        decode: Callable[[DumpDecoder], Callable[[bytes, int, int], T | None]],
+    ) -> list[T]:
+        """Dump request ``kind``; every ``answer`` message is decoded as it arrives,
+        straight from the receive buffer (see :mod:`.decoder`)."""
+        seq = self.next_seq()
+        req = Request(codec.encode_dump(kind, seq), op, what)
+        decoder = decoder_for(self.netns, kind)
+        one = decode(decoder)
+        out: list[T] = []
+        async with self._lock:
+            await self._send(req.data)
+            # The kernel builds the next part of a dump while serving the read of the
+            # previous one, so these awaits do not wait: keep the collector off while
+            # the ~10^5 new objects of a large dump are built (see _gc_paused).
+            with _gc_paused():
+                while True:
+                    data = await self._recv()
+                    end = decoder.feed(data, seq, answer, one, out)
+                    if end >= 0:
+                        break
+            decoder.rotate()
+        _length, got, flags, _seq, _pid = wire.NLMSGHDR.unpack_from(data, end)
+        if got == codec.NLMSG_ERROR:
+            err, ext = codec.parse_error(data, end, _length, flags)
+            if err:
+                raise req.error(err, ext)
+        return out
 
     # ------------------------------------------------------------------ policies
 
@@ -325,11 +352,13 @@ class XfrmClient:
 
     async def dump_policies(self) -> list[Policy]:
         """Every main-type policy of the namespace (socket policies are not listed)."""
-        answers = await self._dump(
-            MsgType.GETPOLICY, Op.DUMP_POLICIES, "in " + describe(self.netns)
+        return await self._dump(
+            MsgType.GETPOLICY,
+            Op.DUMP_POLICIES,
+            "in " + describe(self.netns),
+            MsgType.NEWPOLICY,
+            _policy_decoder,
         )
-        with _gc_paused():
-            return [codec.fast_policy(*m) for k, m in answers if k == MsgType.NEWPOLICY]
 
     # ------------------------------------------------------------------ states
 
@@ -362,9 +391,13 @@ class XfrmClient:
         raise XfrmNotFound(f"get {describe_sa(i)}: no answer", op=Op.GET_STATE.value)
 
     async def dump_states(self) -> list[State]:
-        answers = await self._dump(MsgType.GETSA, Op.DUMP_STATES, "in " + describe(self.netns))
-        with _gc_paused():
-            return [codec.fast_state(*m) for k, m in answers if k == MsgType.NEWSA]
+        return await self._dump(
+            MsgType.GETSA,
+            Op.DUMP_STATES,
+            "in " + describe(self.netns),
+            MsgType.NEWSA,
+            _state_decoder,
+        )
 
     async def alloc_spi(
         self,
@@ -439,6 +472,14 @@ class XfrmClient:
         )
 
 
+def _policy_decoder(d: DumpDecoder) -> Callable[[bytes, int, int], Policy | None]:
+    return d.policy
+
+
+def _state_decoder(d: DumpDecoder) -> Callable[[bytes, int, int], State]:
+    return d.state
+
+
 def _operation_request(x: XfrmClient, op: Operation) -> Request:
     if isinstance(op, AddState):
         return x.state_request(op.state)
@@ -501,17 +542,27 @@ class XfrmListener:
                 ...
 
     Subscribes to the ACQUIRE, EXPIRE (which also carries POLEXPIRE) and MAPPING groups.
+
+    Events are multicast: when they come faster than they are read, the kernel drops
+    what no longer fits the receive buffer (``rcvbuf``) and the next read fails with
+    ENOBUFS.  :meth:`next_event` then raises :class:`XfrmBusy` once (``overruns``
+    counts these); the listener stays usable, and since events were lost the caller
+    must re-dump the kernel's policies and SAs to learn what it missed.
     """
 
     GROUPS = (Group.ACQUIRE, Group.EXPIRE, Group.MAPPING)
 
-    def __init__(self, netns: Netns = None, groups: Sequence[Group] = GROUPS) -> None:
+    def __init__(
+        self, netns: Netns = None, groups: Sequence[Group] = GROUPS, *, rcvbuf: int = 8 << 20
+    ) -> None:
         mask = 0
         for g in groups:
             mask |= 1 << (g - 1)
         self.netns = netns
-        self._sock = open_socket(netns, mask)
+        self._sock = open_socket(netns, mask, rcvbuf=rcvbuf)
         self._pending: deque[XfrmEvent] = deque()
+        #: How many times events were lost (each one raised XfrmBusy once).
+        self.overruns = 0
 
     async def __aenter__(self) -> XfrmListener:
         return self
@@ -531,15 +582,28 @@ class XfrmListener:
         return await self.next_event()
 
     async def next_event(self) -> XfrmEvent:
+        """The next event; :class:`XfrmBusy` if events were lost since the last call
+        (re-dump, then call again: the listener goes on with the events after the
+        loss)."""
         loop = asyncio.get_running_loop()
         while not self._pending:
             try:
                 data = await loop.sock_recv(self._sock, _RECV)
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
+                    # The kernel reports an overrun once, on the read after it, and
+                    # clears it: the socket keeps working.
+                    self.overruns += 1
                     raise XfrmBusy(
-                        "XFRM event socket overflowed: events were lost; resynchronise with a dump",
+                        f"XFRM event socket in {describe(self.netns)} overflowed: the "
+                        "kernel dropped events (ACQUIRE/EXPIRE/MAPPING). Re-dump the "
+                        "policies and SAs (XfrmClient.dump_policies() / dump_states()) "
+                        "to resynchronise, then keep reading from this listener: it "
+                        "stays usable. If this repeats, read faster or give the "
+                        "listener a larger rcvbuf.",
                         errno=exc.errno,
+                        op="listen for events",
+                        target=describe(self.netns),
                     ) from exc
                 raise
             for off, _length, kind, _flags, _seq in codec.split_messages(data):

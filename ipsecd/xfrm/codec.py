@@ -1,7 +1,9 @@
 """Encode model values into XFRM netlink messages and decode what the kernel sends.
 
 Pure functions, no I/O.  Encoding packs the :mod:`.wire` layouts with their compiled
-structs; decoding reads pyroute2-decoded messages (``nlmsg`` instances) or raw bytes.
+structs; decoding reads pyroute2-decoded messages (``nlmsg`` instances).  Dumps are
+decoded by :mod:`.decoder` straight from the receive buffer; the unit tests hold both
+decoders to the same values.
 """
 
 from __future__ import annotations
@@ -771,109 +773,3 @@ def decode_body(kind: int, data: bytes, off: int) -> Any:
 def split_seq(data: bytes) -> tuple[int]:
     """Sequence number of an encoded request."""
     return (_HDR.unpack_from(data, 0)[3],)
-
-
-# ------------------------------------------------------------------------ fast decoding
-#
-# pyroute2 decodes field by field, which costs ~0.5 ms per policy: too slow for dumps
-# of 10,000 entries.  Dumps and answers are therefore decoded with the compiled
-# structs of the same layouts; the unit tests check both decoders agree.
-
-
-def _u32(b: bytes) -> int:
-    return int(_U32.unpack_from(b)[0])
-
-
-def _u8(b: bytes) -> int:
-    return b[0]
-
-
-_FAST_ATTRS: dict[int, tuple[str, Any]] = {
-    Attr.ALG_AUTH: ("XFRMA_ALG_AUTH", bytes),
-    Attr.ALG_CRYPT: ("XFRMA_ALG_CRYPT", bytes),
-    Attr.ALG_AEAD: ("XFRMA_ALG_AEAD", bytes),
-    Attr.ALG_AUTH_TRUNC: ("XFRMA_ALG_AUTH_TRUNC", bytes),
-    Attr.TMPL: ("XFRMA_TMPL", bytes),
-    Attr.REPLAY_ESN_VAL: ("XFRMA_REPLAY_ESN_VAL", bytes),
-    Attr.ENCAP: ("XFRMA_ENCAP", _ENCAP.unpack),
-    Attr.MARK: ("XFRMA_MARK", _MARK.unpack),
-    Attr.IF_ID: ("XFRMA_IF_ID", _u32),
-    Attr.TFCPAD: ("XFRMA_TFCPAD", _u32),
-    Attr.SA_EXTRA_FLAGS: ("XFRMA_SA_EXTRA_FLAGS", _u32),
-}
-_FAST_BODY: dict[int, wire.Compiled] = {
-    MsgType.NEWPOLICY: _POL,
-    MsgType.UPDPOLICY: _POL,
-    MsgType.NEWSA: _SA,
-    MsgType.UPDSA: _SA,
-}
-
-
-def fast_body(
-    kind: int, data: bytes, off: int, length: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(fixed members, {XFRMA_NAME: value}) of a NEWPOLICY/NEWSA message."""
-    body = _FAST_BODY[kind]
-    fixed = body.unpack(data, off + 16)
-    return fixed, _fast_attrs(data, off + 16 + ((body.size + 3) & ~3), off + length)
-
-
-def _fast_attrs(data: bytes, pos: int, end: int) -> dict[str, Any]:
-    attrs: dict[str, Any] = {}
-    while pos + 4 <= end:
-        alen, atype = _NLA.unpack_from(data, pos)
-        if alen < 4:
-            break
-        entry = _FAST_ATTRS.get(atype & 0x3FFF)
-        if entry is not None and entry[0] not in attrs:
-            attrs[entry[0]] = entry[1](data[pos + 4 : pos + alen])
-        pos += (alen + 3) & ~3
-    return attrs
-
-
-def _selector_at(v: tuple[Any, ...], i: int, family: int = 0) -> Selector:
-    """Selector from the 12 unpacked members starting at ``v[i]`` (see selector_tuple)."""
-    fam = v[i + 6] or family or AF_INET
-    return Selector(
-        _net(v[i + 1], fam, v[i + 8]),
-        _net(v[i], fam, v[i + 7]),
-        v[i + 9],
-        socket.ntohs(v[i + 4]) if v[i + 5] else None,
-        socket.ntohs(v[i + 2]) if v[i + 3] else None,
-        v[i + 10],
-    )
-
-
-def _lifetime_at(v: tuple[Any, ...], i: int) -> Lifetime:
-    t = v[i : i + 8]
-    if t == _NO_LIMITS_TUPLE:
-        return _NO_LIMITS
-    return Lifetime(*(None if x == XFRM_INF else x for x in t[:4]), *(x or None for x in t[4:]))
-
-
-def fast_policy(data: bytes, off: int, length: int, kind: int = MsgType.NEWPOLICY) -> Policy:
-    """Decode a NEWPOLICY answer straight from the buffer (hot path of dumps)."""
-    v = _POL.struct.unpack_from(data, off + 16)
-    attrs = _fast_attrs(data, off + 16 + _POL.size, off + length)
-    templates: tuple[Template, ...] = ()
-    raw = attrs.get("XFRMA_TMPL")
-    if raw is not None:
-        templates = tuple(template_from(raw, o) for o in range(0, len(raw), _TMPL.size))
-    return Policy(
-        selector=_selector_at(v, 0),
-        dir=Dir(v[26]),
-        action=Action(v[27]),
-        priority=v[24],
-        templates=templates,
-        mark=_mark_from(attrs),
-        if_id=attrs.get("XFRMA_IF_ID") or 0,
-        lifetime=_lifetime_at(v, 12),
-        flags=PolicyFlag(v[28]),
-        index=v[25],
-        current=LifetimeCurrent(*v[20:24]),
-    )
-
-
-def fast_state(data: bytes, off: int, length: int, kind: int = MsgType.NEWSA) -> State:
-    fixed, attrs = fast_body(kind, data, off, length)
-    return state_from_values(fixed, attrs)

@@ -115,18 +115,26 @@ def plan(
     SAs (SPIs reserved by an IKE exchange in progress) that are not desired are left
     to expire by themselves.
     """
+    # Each key is hashed as few times as possible: hashing a selector hashes its two
+    # networks, and this runs on every policy change over whole dumps.
     want_pol: dict[PolicyKey, Policy] = {}
     for p in desired_policies:
         ownership.check_policy(p)
-        if p.key in want_pol and want_pol[p.key] != p:
-            raise ValueError(f"two desired policies share one kernel identity: {p.key}")
-        want_pol[p.key] = p
+        k = p.key
+        first = want_pol.setdefault(k, p)
+        if first is not p:
+            if first != p:
+                raise ValueError(f"two desired policies share one kernel identity: {k}")
+            want_pol[k] = p
     want_sa: dict[SaId, State] = {}
     for s in desired_states:
         ownership.check_state(s)
-        if s.id in want_sa and want_sa[s.id] != s:
-            raise ValueError(f"two desired SAs share one identity: {s.id}")
-        want_sa[s.id] = s
+        i = s.id
+        first_sa = want_sa.setdefault(i, s)
+        if first_sa is not s:
+            if first_sa != s:
+                raise ValueError(f"two desired SAs share one identity: {i}")
+            want_sa[i] = s
     have_pol = {p.key: p for p in current_policies if ownership.owns_policy(p)}
     have_sa = {s.id: s for s in current_states if ownership.owns_state(s)}
     local_set = frozenset(local)
@@ -135,9 +143,9 @@ def plan(
         return s.dst in local_set
 
     ops: list[Operation] = []
-    # SAs to create / complete / update / replace
+    # SAs to create / complete / update / replace; what is left in have_sa is unwanted
     for sid, want in want_sa.items():
-        have = have_sa.get(sid)
+        have = have_sa.pop(sid, None)
         inb = inbound(want)
         if have is None:
             ops.append(AddState(want, PHASE_ADD_IN if inb else PHASE_ADD_OUT))
@@ -149,9 +157,9 @@ def plan(
             ph = PHASE_REPLACE_IN if inb else PHASE_REPLACE_OUT
             ops.append(DeleteState(sid, ph))
             ops.append(AddState(want, ph))
-    # policies to create / update in place
+    # policies to create / update in place; what is left in have_pol is unwanted
     for key, want_p in want_pol.items():
-        have_p = have_pol.get(key)
+        have_p = have_pol.pop(key, None)
         ph = PHASE_POLICY_OUT if key.dir == Dir.OUT else PHASE_POLICY_IN
         if have_p is None:
             ops.append(AddPolicy(want_p, ph))
@@ -159,11 +167,11 @@ def plan(
             ops.append(UpdatePolicy(want_p, ph))
     # policies to delete: out, fwd, in
     order = {Dir.OUT: 0, Dir.FWD: 1, Dir.IN: 2}
-    stale = sorted((k for k in have_pol if k not in want_pol), key=lambda k: order[k.dir])
+    stale = sorted(have_pol, key=lambda k: order[k.dir])
     ops.extend(DeletePolicy(k) for k in stale)
     # SAs to delete: outbound, then inbound
     for sid, have in have_sa.items():
-        if sid in want_sa or (keep_larval and _is_larval(have)):
+        if keep_larval and _is_larval(have):
             continue
         ops.append(
             DeleteState(sid, PHASE_STATE_DELETE_IN if inbound(sid) else PHASE_STATE_DELETE_OUT)

@@ -228,21 +228,3 @@ def test_parse_error_with_extended_ack() -> None:
 def test_split_messages_stops_at_truncation() -> None:
     one = codec.message(MsgType.GETDEFAULT, 0, 1, b"\0\0\0\0")
     assert len(list(codec.split_messages(one + one[:10]))) == 1
-
-
-@pytest.mark.parametrize("policy", POLICIES, ids=["block-in", "v6-tunnel-unique", "bundle"])
-def test_fast_policy_decoder_agrees_with_pyroute2(policy: Policy) -> None:
-    data = codec.encode_policy(policy, 1)
-    slow = codec.decode_policy(codec.decode_body(MsgType.NEWPOLICY, data, 0))
-    fast = codec.fast_policy(data, 0, len(data))
-    assert fast == slow == policy
-    assert (fast.index, fast.current) == (slow.index, slow.current)
-
-
-@pytest.mark.parametrize("state", STATES, ids=["gcm", "chacha-esn-flags", "cbc-encap", "ah"])
-def test_fast_state_decoder_agrees_with_pyroute2(state: State) -> None:
-    data = codec.encode_state(state, 1)
-    slow = codec.decode_state(codec.decode_body(MsgType.NEWSA, data, 0))
-    fast = codec.fast_state(data, 0, len(data))
-    assert fast == slow == state
-    assert (fast.current, fast.stats) == (slow.current, slow.stats)
