@@ -10,7 +10,22 @@ For N in (1000, 5000) (override with BENCH_CONTROLLER_AGENTS=1000,5000):
 * controller RSS per connected agent = (RSS with N streams - RSS idle) / N.
 
 Reference measured in the same run: etcd's own RSS per client+watch stream (M etcd3aio
-clients, one watch each, in a separate process).  Prints one JSON object (last line).
+clients, one watch each, in a separate process).
+
+Scenario "slow" (issue #16): one agent stream that never reads among
+``BENCH_CONTROLLER_SLOW_AGENTS`` (500) that do.  After 5 warm-up pushes, three phases of
+``SLOW_PUSHES`` (20) revisions of ``BENCH_CONTROLLER_SLOW_POLICY_KB`` (256) KiB each —
+enough that the slow stream stops taking them (gRPC first buffers a few MiB at the
+agent): without the slow agent (the reference, same controller, same run), with it, and
+after the controller has dropped it.  Per phase: push -> ack p50/p99 of the readers and
+controller RSS; whether the slow stream was dropped (``--stream-drain-timeout``) and how
+much the slow agent itself grew (where gRPC buffers what it does not read).  The slow
+agent keeps sending status reports, so only the drain check can find it.
+``BENCH_CONTROLLER_SLOW_DRAIN`` is the controller's ``--stream-drain-timeout`` (5 s; 0
+never drops, for comparison: the third phase then runs with the slow stream still held).
+
+``BENCH_CONTROLLER_SCENARIOS`` (default ``fanout,slow``) picks the scenarios.  Prints one
+JSON object (last line).
 """
 
 from __future__ import annotations
@@ -32,6 +47,12 @@ sys.path.insert(0, str(ROOT))
 
 PER_WORKER = int(os.environ.get("BENCH_CONTROLLER_PER_WORKER", "625"))
 PUSHES = 5
+SLOW_AGENTS = int(os.environ.get("BENCH_CONTROLLER_SLOW_AGENTS", "500"))
+SLOW_POLICY_KB = int(os.environ.get("BENCH_CONTROLLER_SLOW_POLICY_KB", "256"))
+SLOW_PUSHES = 20
+# --stream-drain-timeout of the slow scenario's controller (0: never drop, to compare)
+SLOW_DRAIN_TIMEOUT = float(os.environ.get("BENCH_CONTROLLER_SLOW_DRAIN", "5"))
+SLOW_PING_INTERVAL = 2.0  # the drain check runs once per ping interval per stream
 
 
 def _raise_nofile() -> int:
@@ -60,6 +81,21 @@ def _policy(n: int) -> str:
             f"spdadd 10.{i}.{n % 250}.0/24 10.{i + 100}.{n % 250}.0/24 any -P out ipsec "
             "esp/tunnel/192.0.2.1-192.0.2.2/require;"
         )
+    return "\n".join(lines) + "\n"
+
+
+def _big_policy(n: int, kib: int) -> str:
+    """A valid policy of about ``kib`` KiB (one /32 rule per line, distinct per ``n``)."""
+    lines = [f"# bench revision {n}"]
+    size, i = 0, 0
+    while size < kib * 1024:
+        line = (
+            f"spdadd 10.{i % 250}.{i // 250 % 250}.{n % 250}/32 10.{i % 250 + 1}.0.0/16 any "
+            "-P out ipsec esp/tunnel/192.0.2.1-192.0.2.2/require;"
+        )
+        lines.append(line)
+        size += len(line) + 1
+        i += 1
     return "\n".join(lines) + "\n"
 
 
@@ -198,15 +234,17 @@ def _free_port() -> int:
     return free_port()
 
 
-async def _push(address: str, n: int) -> float:
+async def _push(address: str, n: int, kib: int = 0) -> float:
     import grpc.aio
 
+    from controller.limits import client_channel_options
     from ipsecd.v1 import policy_pb2, policy_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as ch:
+    text = _big_policy(n, kib) if kib else _policy(n)
+    async with grpc.aio.insecure_channel(address, options=client_channel_options()) as ch:
         stub = policy_pb2_grpc.PolicyServiceStub(ch)
         t0 = time.time()
-        resp = await stub.Push(policy_pb2.PushRequest(text=_policy(n), filename="bench.spd"))
+        resp = await stub.Push(policy_pb2.PushRequest(text=text, filename="bench.spd"))
         if not resp.accepted:
             raise RuntimeError(f"bench policy rejected: {resp.diagnostics[0].rendered}")
         return t0
@@ -294,6 +332,166 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             ctl.wait()
 
 
+async def _slow_agent(controller: str) -> None:
+    """One stream that never reads (real agent channel options) and reports its status
+    every second; prints its own RSS when stdin closes."""
+    import grpc.aio
+
+    from agent.stream import CHANNEL_OPTIONS
+    from ipsecd.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+    async with grpc.aio.insecure_channel(controller, options=CHANNEL_OPTIONS) as ch:
+        call = agent_pb2_grpc.AgentServiceStub(ch).Connect()
+        hello = agent_pb2.Hello(node="bench-slow", addresses=["10.98.0.1"])
+        await call.write(agent_pb2.AgentMessage(hello=hello))
+        status = agent_pb2.AgentMessage(status=types_pb2.NodeStatus(health=types_pb2.HEALTH_OK))
+
+        async def talk() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                await call.write(status)
+
+        talker = asyncio.create_task(talk())
+        await asyncio.sleep(0.5)
+        sys.stdout.write(json.dumps({"ready": 1, "rss_kb": _rss(os.getpid()) // 1024}) + "\n")
+        sys.stdout.flush()
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        talker.cancel()
+        sys.stdout.write(json.dumps({"rss_kb": _rss(os.getpid()) // 1024}) + "\n")
+        sys.stdout.flush()
+        call.cancel()
+
+
+def _push_phase(address: str, workers: list[subprocess.Popen[str]], revs: list[int]) -> list[float]:
+    """Push ``revs`` one after the other; push -> ack latencies of every reader (s)."""
+    latencies: list[float] = []
+    for r in revs:
+        t0 = asyncio.run(_push(address, r, SLOW_POLICY_KB))
+        for w in workers:
+            msg = _read_json(w, 300)
+            if msg.get("rev") != r:
+                raise RuntimeError(f"unexpected worker message for revision {msg.get('rev')}")
+            latencies.extend(t - t0 for t in msg["times"])
+    return latencies
+
+
+def _summary(latencies: list[float]) -> dict[str, float]:
+    return {
+        "push_to_agent_ack_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "push_to_agent_ack_p99_ms": round(_pct(latencies, 0.99) * 1000, 1),
+        "push_to_agent_ack_max_ms": round(max(latencies) * 1000, 1),
+    }
+
+
+def _list_nodes(address: str) -> dict[str, bool]:
+    import grpc.aio
+
+    from ipsecd.v1 import status_pb2, status_pb2_grpc
+
+    async def go() -> dict[str, bool]:
+        async with grpc.aio.insecure_channel(address) as ch:
+            resp = await status_pb2_grpc.StatusServiceStub(ch).ListNodes(
+                status_pb2.ListNodesRequest(), timeout=30
+            )
+            return {n.name: n.connected for n in resp.nodes}
+
+    return asyncio.run(go())
+
+
+def run_slow(etcd_url: str, n: int) -> dict[str, Any]:
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log")  # noqa: SIM115 - closed below
+    ctl = subprocess.Popen(
+        [sys.executable, "-m", "controller.main", "--etcd", etcd_url, "--listen", address,
+         "--key-root", f"/bench-slow-{os.getpid()}/", "--ping-interval", str(SLOW_PING_INTERVAL),
+         "--stream-drain-timeout", str(SLOW_DRAIN_TIMEOUT)],
+        stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+    )  # fmt: skip
+    workers: list[subprocess.Popen[str]] = []
+    slow: subprocess.Popen[str] | None = None
+    try:
+        assert ctl.stdout is not None
+        if "listening" not in ctl.stdout.readline():
+            raise RuntimeError("controller did not start")
+        ctl.stdout.close()
+        asyncio.run(_push(address, 1, SLOW_POLICY_KB))
+        sizes = [PER_WORKER] * (n // PER_WORKER) + ([n % PER_WORKER] if n % PER_WORKER else [])
+        first = 0
+        for size in sizes:
+            workers.append(_spawn("--worker", address, str(first), str(size)))
+            first += size
+        for w in workers:
+            _read_json(w, 600)
+        time.sleep(3.0)
+        revs = iter(range(2, 2 + 5 + 3 * SLOW_PUSHES))
+
+        def phase(count: int) -> list[float]:
+            return _push_phase(address, workers, [next(revs) for _ in range(count)])
+
+        phase(5)  # warm-up: the first pushes grow the allocator's pools
+        rss_a0 = _rss(ctl.pid)
+        without = phase(SLOW_PUSHES)
+        rss_a1 = _rss(ctl.pid)
+        slow = _spawn("--slow-agent", address)
+        slow_rss0_kb = int(_read_json(slow, 60)["rss_kb"])
+        time.sleep(2.0)
+        rss_b0 = _rss(ctl.pid)
+        t_b = time.monotonic()
+        with_slow = phase(SLOW_PUSHES)
+        phase_b_s = time.monotonic() - t_b
+        rss_b1 = _rss(ctl.pid)
+        time.sleep(SLOW_DRAIN_TIMEOUT + SLOW_PING_INTERVAL + 1.0)  # let the drain check act
+        rss_b2 = _rss(ctl.pid)
+        nodes = _list_nodes(address)
+        after_drop = phase(SLOW_PUSHES)
+        rss_c1 = _rss(ctl.pid)
+        log.seek(0)
+        drops = sum("dropping its stream" in line for line in log)
+        assert slow.stdin is not None
+        slow.stdin.close()
+        slow_rss_kb = int(_read_json(slow, 60)["rss_kb"])
+        return {
+            "agents_reading": n,
+            "pushes_per_phase": SLOW_PUSHES,
+            "policy_kb": SLOW_POLICY_KB,
+            "stream_drain_timeout_s": SLOW_DRAIN_TIMEOUT,
+            "reference_without_slow_agent": {
+                **_summary(without),
+                "controller_rss_before_mb": round(rss_a0 / 2**20, 1),
+                "controller_rss_after_mb": round(rss_a1 / 2**20, 1),
+            },
+            "with_one_slow_agent": {
+                **_summary(with_slow),
+                "phase_wall_s": round(phase_b_s, 2),
+                "controller_rss_before_mb": round(rss_b0 / 2**20, 1),
+                "controller_rss_after_mb": round(rss_b1 / 2**20, 1),
+                "controller_rss_after_drop_check_mb": round(rss_b2 / 2**20, 1),
+                "slow_stream_dropped": drops > 0,
+                "slow_node_still_connected": nodes.get("bench-slow"),
+                # what gRPC buffered in the slow agent before the controller's writes
+                # stopped being taken
+                "slow_agent_rss_growth_mb": round((slow_rss_kb - slow_rss0_kb) / 1024, 1),
+            },
+            "after_the_drop": {
+                **_summary(after_drop),
+                "controller_rss_after_mb": round(rss_c1 / 2**20, 1),
+            },
+        }
+    finally:
+        if slow is not None:
+            _stop(slow)
+        for w in workers:
+            _stop(w)
+        ctl.terminate()
+        try:
+            ctl.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            ctl.kill()
+            ctl.wait()
+        log.close()
+
+
 def etcd_reference(etcd: Any, m: int) -> dict[str, Any]:
     before = etcd.rss_bytes()
     proc = _spawn("--etcd-watchers", etcd.url, str(m))
@@ -314,6 +512,9 @@ def main() -> int:
         _raise_nofile()
         asyncio.run(_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--slow-agent":
+        asyncio.run(_slow_agent(sys.argv[2]))
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--etcd-watchers":
         _raise_nofile()
         asyncio.run(_etcd_watchers(sys.argv[2], int(sys.argv[3])))
@@ -322,6 +523,7 @@ def main() -> int:
 
     nofile = _raise_nofile()  # inherited by the controller and the workers
     sizes = [int(x) for x in os.environ.get("BENCH_CONTROLLER_AGENTS", "1000,5000").split(",")]
+    scenarios = set(os.environ.get("BENCH_CONTROLLER_SCENARIOS", "fanout,slow").split(","))
     results: dict[str, Any] = {
         "nofile_limit": nofile,
         "cpus": os.cpu_count(),
@@ -331,10 +533,14 @@ def main() -> int:
         etcd = EtcdProcess(Path(tmp) / "etcd")
         etcd.start()
         try:
-            results["reference"] = etcd_reference(etcd, 1000)
-            results["runs"] = [run_size(etcd.url, n) for n in sizes]
+            if "fanout" in scenarios:
+                results["reference"] = etcd_reference(etcd, 1000)
+                results["runs"] = [run_size(etcd.url, n) for n in sizes]
+            if "slow" in scenarios:
+                results["slow_agent"] = run_slow(etcd.url, SLOW_AGENTS)
         finally:
             etcd.stop()
+    results["loadavg_1m_at_end"] = os.getloadavg()[0]
     results["targets"] = {"agents": 5000, "p99_ms": 2000, "rss_per_agent_kb": 20}
     print(json.dumps(results))
     return 0

@@ -11,7 +11,7 @@ Exit codes (stable, for scripts):
 
 ====  =============================================================
 0     success
-1     the SPD is invalid (diagnostics printed, nothing changed)
+1     the SPD is invalid or too large (diagnostics printed, nothing changed)
 2     usage error
 3     conflict: the base revision is no longer current (someone pushed first)
 4     not found (no such revision, no policy yet, unknown node)
@@ -23,6 +23,11 @@ Exit codes (stable, for scripts):
 
 The channel is plaintext for now (loopback); :func:`channel_credentials` is the one
 place where client certificates plug in when the mTLS issue lands.
+
+Message sizes are the controller's (:mod:`controller.limits`), mirrored: ``push``
+refuses a file over the largest policy any controller can accept before sending it; a
+smaller one over *this* controller's ``--max-policy-bytes`` is answered by the
+controller with the limit and the fix.
 """
 
 from __future__ import annotations
@@ -43,6 +48,13 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format
 
+from controller.limits import (
+    DEFAULT_MAX_POLICY_BYTES,
+    MAX_RESPONSE_BYTES,
+    POLICY_BYTES_CEILING,
+    client_channel_options,
+    human_bytes,
+)
 from ipsecd.v1 import policy_pb2, policy_pb2_grpc, status_pb2, status_pb2_grpc, types_pb2
 
 __all__ = ["EXIT", "main", "register"]
@@ -77,12 +89,13 @@ def channel_credentials() -> grpc.ChannelCredentials | None:
 
 def _channel(address: str) -> grpc.aio.Channel:
     creds = channel_credentials()
+    options = client_channel_options()
     if creds is None:
-        return grpc.aio.insecure_channel(address)
-    return grpc.aio.secure_channel(address, creds)
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, creds, options=options)
 
 
-def _map_rpc_error(exc: grpc.aio.AioRpcError, address: str) -> CliError:
+def _map_rpc_error(exc: grpc.aio.AioRpcError, address: str, command: str = "") -> CliError:
     kind = ""
     for key, value in exc.trailing_metadata() or ():
         if key == "ipsecd-error":
@@ -99,6 +112,22 @@ def _map_rpc_error(exc: grpc.aio.AioRpcError, address: str) -> CliError:
             f"cannot reach the controller at {address} ({first}); is ipsecd-controller "
             f"running? set --controller or ${ENV_CONTROLLER}",
             "unreachable",
+        )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # gRPC's own size limit (no ipsecd-error kind: the handler never ran)
+        first = details.splitlines()[0]
+        if command in ("push", "validate"):
+            return CliError(
+                f"the controller at {address} refused the policy as too large ({first}); "
+                "nothing changed: shorten the policy, or raise --max-policy-bytes on the "
+                f"controller (default {human_bytes(DEFAULT_MAX_POLICY_BYTES)})",
+                "invalid",
+            )
+        return CliError(
+            f"the answer of the controller at {address} is over a message size limit "
+            f"({first}); ipsecctl accepts up to {human_bytes(MAX_RESPONSE_BYTES)}: ask for "
+            "less (e.g. history --limit N)",
+            "error",
         )
     if code == grpc.StatusCode.NOT_FOUND:
         return CliError(details, "not-found")
@@ -171,10 +200,16 @@ def _meta_row(m: types_pb2.RevisionMeta, current: int) -> list[str]:
 async def _push(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     path = Path(args.file)
     try:
+        st = path.stat()
+        if st.st_size > POLICY_BYTES_CEILING:  # before reading it: it may be huge
+            raise CliError(_too_large(path, st.st_size), "invalid")
         text = path.read_text()
-        mode = path.stat().st_mode & 0o777
+        mode = st.st_mode & 0o777
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {path}: {exc}", "error") from exc
+    size = len(text.encode())
+    if size > POLICY_BYTES_CEILING:  # a file that grew after stat()
+        raise CliError(_too_large(path, size), "invalid")
     req = policy_pb2.PushRequest(
         text=text, filename=str(path), comment=args.comment or "", author=_author(), file_mode=mode
     )
@@ -184,14 +219,25 @@ async def _push(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     return _report_push(args, resp, "pushed")
 
 
+def _too_large(path: Path, size: int) -> str:
+    return (
+        f"{path} is {human_bytes(size)}; no controller accepts a policy over "
+        f"{human_bytes(POLICY_BYTES_CEILING)} (the default limit is "
+        f"{human_bytes(DEFAULT_MAX_POLICY_BYTES)}, --max-policy-bytes); nothing was sent: "
+        "shorten it (node groups and macros instead of rules per node pair)"
+    )
+
+
 def _report_push(args: argparse.Namespace, resp: policy_pb2.PushResponse, verb: str) -> int:
     if args.output == "json":
         _print_json(_to_dict(resp))
     elif not resp.accepted:
         for d in resp.diagnostics:
             print(d.rendered, file=sys.stderr)
-        print(f"error: policy rejected with {len(resp.diagnostics)} error(s); nothing changed",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: policy rejected with {len(resp.diagnostics)} error(s); nothing changed",
+            file=sys.stderr,
+        )
     elif resp.unchanged:
         print(f"unchanged: revision {resp.revision.revision} already has this text")
     else:
@@ -278,6 +324,45 @@ async def _nodes(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     return EXIT["ok"]
 
 
+def _status_entry(
+    remote: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """``status --local`` asks the local agent's socket; otherwise the controller."""
+
+    def run(args: argparse.Namespace) -> int:
+        if not args.local:
+            return remote(args)
+        from pathlib import Path
+
+        from agent.status import DEFAULT_SOCKET, StatusError, query, render_table
+
+        try:
+            status = query(Path(args.socket) if args.socket else DEFAULT_SOCKET)
+        except StatusError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT["unreachable"]
+        if args.output == "json":
+            _print_json(status)
+        else:
+            sys.stdout.write(render_table(status))
+        return EXIT["ok"]
+
+    return run
+
+
+def _agent_table(detail: str) -> str | None:
+    """The agent's own status table when the node reported one (agent/status.py)."""
+    try:
+        status = json.loads(detail)
+    except ValueError:
+        return None
+    if not isinstance(status, dict) or "connections" not in status:
+        return None
+    from agent.status import render_table
+
+    return render_table(status)
+
+
 async def _status(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     if not args.node:
         return await _nodes(args, ch)
@@ -289,9 +374,13 @@ async def _status(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     if args.output == "json":
         _print_json(_to_dict(resp))
         return EXIT["ok"]
-    print(_table(_NODE_HEADERS, [_node_row(resp.node)]))
-    if resp.node.status.detail:
-        print(f"detail: {resp.node.status.detail}")
+    table = _agent_table(resp.node.status.detail) if resp.node.status.detail else None
+    if table is not None:
+        sys.stdout.write(table)
+    else:
+        print(_table(_NODE_HEADERS, [_node_row(resp.node)]))
+        if resp.node.status.detail:
+            print(f"detail: {resp.node.status.detail}")
     if resp.stale:
         print(f"stale: last report shown ({resp.note})")
     else:
@@ -316,7 +405,7 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
                 try:
                     return await command(args, ch)
                 except grpc.aio.AioRpcError as exc:
-                    raise _map_rpc_error(exc, address) from exc
+                    raise _map_rpc_error(exc, address, getattr(args, "command", "") or "") from exc
 
         try:
             return asyncio.run(go())
@@ -346,8 +435,12 @@ def register(subparsers: Any) -> None:
     p = add("push", _push, "validate FILE on the controller and make it the current policy")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--comment", "-m", help="why (kept in the history)")
-    p.add_argument("--base-revision", type=int, metavar="N",
-                   help="fail with a conflict unless revision N is still current")  # fmt: skip
+    p.add_argument(
+        "--base-revision",
+        type=int,
+        metavar="N",
+        help="fail with a conflict unless revision N is still current",
+    )
 
     p = add("get", _get, "print a policy revision (secrets redacted)")
     p.add_argument("--revision", "-r", type=int, metavar="N", help="default: current")
@@ -371,6 +464,18 @@ def register(subparsers: Any) -> None:
     p = add("status", _status, "node status; with NODE, ask the node live")
     p.add_argument("node", nargs="?", metavar="NODE")
     p.add_argument("--timeout", type=float, default=2.0, help="live query timeout (s)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="ask the agent of this machine through its socket (no controller)",
+    )
+    p.add_argument(
+        "--socket",
+        default=None,
+        metavar="PATH",
+        help="the agent's status socket (default /run/ipsecd/ipsecd.sock)",
+    )
+    p.set_defaults(func=_status_entry(p.get_default("func")))
 
 
 def main(argv: list[str] | None = None) -> int:

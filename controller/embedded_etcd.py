@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from controller.limits import EMBEDDED_ETCD_MAX_REQUEST_BYTES
+
 __all__ = ["EtcdNotFound", "EtcdProcess", "EtcdStartError", "free_port"]
 
 
@@ -41,6 +43,12 @@ class EtcdProcess:
     Ports are chosen once (free ports) and kept across :meth:`restart`, so clients can
     reconnect to the same URL.  The child gets PR_SET_PDEATHSIG: it dies with the thread
     that started it, so call :meth:`start` from a thread that outlives it (the main one).
+
+    ``name`` and ``initial_cluster`` (``NAME=PEER_URL,...``) make it one member of a
+    cluster (tests/support/etcd.py runs three); :meth:`launch` then :meth:`wait_healthy`
+    start the members without waiting for each other.  ``max_request_bytes`` is passed to
+    etcd (None: etcd's 1.5 MiB default); the default fits the revision record of the
+    largest policy a controller may be configured to accept.
     """
 
     def __init__(
@@ -51,6 +59,9 @@ class EtcdProcess:
         client_port: int | None = None,
         peer_port: int | None = None,
         binary: str | None = None,
+        name: str = "ipsecd",
+        initial_cluster: str | None = None,
+        max_request_bytes: int | None = EMBEDDED_ETCD_MAX_REQUEST_BYTES,
     ) -> None:
         found = binary or shutil.which("etcd")
         if not found:
@@ -63,6 +74,9 @@ class EtcdProcess:
         self.host = host
         self.client_port = client_port or free_port(host)
         self.peer_port = peer_port or free_port(host)
+        self.name = name
+        self.initial_cluster = initial_cluster
+        self.max_request_bytes = max_request_bytes
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         atexit.register(self.stop)
@@ -71,24 +85,41 @@ class EtcdProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.client_port}"
 
-    def start(self, timeout: float = 15.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.data_dir, 0o700)
-        peer = f"http://{self.host}:{self.peer_port}"
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+    def command(self) -> list[str]:
+        peer = self.peer_url
         cmd = [
             self.binary,
-            "--name", "ipsecd",
+            "--name", self.name,
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", self.url,
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"ipsecd={peer}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
             "--log-level", "warn",
             "--logger", "zap",
         ]  # fmt: skip
+        if self.max_request_bytes is not None:
+            cmd += ["--max-request-bytes", str(self.max_request_bytes)]
+        return cmd
+
+    def start(self, timeout: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.launch()
+        self.wait_healthy(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be healthy."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        cmd = self.command()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
@@ -99,7 +130,6 @@ class EtcdProcess:
             )
         finally:
             log.close()
-        self._wait_healthy(timeout)
 
     @staticmethod
     def _die_with_parent() -> list[str]:
@@ -109,7 +139,8 @@ class EtcdProcess:
         setpriv = shutil.which("setpriv")  # util-linux, always on Debian
         return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float = 15.0) -> None:
+        """Wait until etcd reports healthy (a member: its cluster has a leader)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:

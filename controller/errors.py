@@ -34,3 +34,16 @@ class PermissionDenied(ControllerError):
 
 class ValidatorUnavailable(ControllerError):
     """The SPD compiler (ipsecd.spd) cannot be imported: the installation is incomplete."""
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    """A write was sent, etcd stopped answering, and whether it was applied could not be
+    read back before the deadline.  It may or may not have happened."""
+
+
+class StoreRequestTooLarge(ControllerError):
+    """etcd refused a request as larger than its ``--max-request-bytes``."""
+
+
+class InputTooLarge(ControllerError):
+    """A request field (policy text, comment, ...) is over the controller's bound."""

@@ -9,22 +9,42 @@ Why etcd3aio (async) and not python3-etcd3 (sync, module ``etcd3``):
   LAB-NOTES), which is what keeps agent streams correct across etcd restarts;
 * caveats, handled here: (1) it retries Put/Txn on DEADLINE_EXCEEDED, which could apply a
   compare-and-swap twice from the caller's point of view — we construct it with
-  ``rpc_max_attempts=1`` so every write is attempted once and a failure is reported;
-  (2) its channel target is hard-coded ``ipv4:host:port,...`` — we resolve DNS names
-  to IPv4 addresses ourselves and refuse IPv6 endpoints with a clear message;
-  (3) its declared minimum versions are too low — pyproject pins grpcio/protobuf.
+  ``rpc_max_attempts=1`` and retry ourselves (below); (2) its channel target is
+  hard-coded ``ipv4:host:port,...`` — we resolve DNS names to IPv4 addresses ourselves
+  and refuse IPv6 endpoints with a clear message; (3) its declared minimum versions are
+  too low — pyproject pins grpcio/protobuf; (4) its channel keeps gRPC's 4 MiB receive
+  limit, too small for revision records of large policies — raised to
+  :data:`~controller.limits.ETCD_MAX_RESPONSE_BYTES`.
 
-Every etcd3aio / gRPC failure is mapped to :class:`StoreUnavailable` here (one edge).
+Retries (docs/architecture.md, "The controller"): an etcd leader change makes
+requests fail for a second or two (``leader changed``, ``request timed out``, a member
+that was killed mid-request) although the cluster is fine a moment later.  Each
+operation retries such *transient* errors with jittered exponential backoff
+(:class:`~controller.retry.Backoff`) until its deadline: ``retry_budget`` seconds, or
+earlier when the gRPC request that needs it has a deadline
+(:func:`~controller.retry.request_deadline`); every attempt is bounded by ``timeout``.
+Not retried: an unreachable cluster (no endpoint accepts a connection), and refusals
+(permissions, a full database, a request over etcd's size limit).  Reads, plain puts
+and deletes are idempotent and simply re-sent.  A compare-and-swap whose outcome is
+unknown (the attempt timed out or the member died) is never re-sent blindly: the
+pointer and the new keys are read back first — applied (the new keys hold our bytes),
+lost (someone else moved the pointer), or not applied (re-sending the same
+transaction is safe: its compares make a second application impossible).
+
+Every etcd3aio / gRPC failure is mapped to a :mod:`controller.errors` error here (one
+edge).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -33,14 +53,95 @@ from etcd3aio import Etcd3Client
 from etcd3aio.errors import EtcdError
 from etcd3aio.kv import KVService, SortOrder, SortTarget, prefix_range_end
 
-from controller.errors import StoreCompacted, StoreUnavailable
+from controller.errors import (
+    ControllerError,
+    StoreCompacted,
+    StoreOutcomeUnknown,
+    StoreRequestTooLarge,
+    StoreUnavailable,
+)
+from controller.limits import (
+    DEFAULT_ETCD_ATTEMPT_TIMEOUT,
+    DEFAULT_ETCD_RETRY_BUDGET,
+    ETCD_MAX_RESPONSE_BYTES,
+    ETCD_TXN_MAX_BYTES,
+    ETCD_TXN_MAX_OPS,
+)
+from controller.retry import Backoff, operation_deadline
 from controller.store import KeyValue, WatchEvent
 
-__all__ = ["EtcdStore", "parse_endpoints"]
+__all__ = ["EtcdStore", "Failure", "classify", "parse_endpoints"]
 
 _log = logging.getLogger(__name__)
 _EVENT_DELETE = 1
-_TXN_MAX_OPS = 100  # etcd's default --max-txn-ops is 128
+T = TypeVar("T")
+_MIN_ATTEMPT = 0.05  # seconds: an attempt shorter than this is not worth sending
+_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
+
+# etcd's own words for "the cluster is busy electing / catching up": retried whatever
+# the status code (etcd server/etcdserver/api/v3rpc/rpctypes: ErrGRPCLeaderChanged,
+# ErrGRPCNoLeader, ErrGRPCNotLeader, ErrGRPCTimeout*, ErrGRPCTooManyRequests,
+# ErrGRPCStopped, ErrGRPCProposalDropped).
+_TRANSIENT_DETAILS = (
+    "leader changed",
+    "no leader",
+    "not leader",
+    "request timed out",
+    "too many requests",
+    "server stopped",
+    "proposal dropped",
+)
+# gRPC's words when no endpoint accepts a connection (round_robin, pick_first).
+_UNREACHABLE_DETAILS = ("connections to all backends failing", "failed to connect to all addresses")
+
+
+class Failure(enum.Enum):
+    """What an etcd error means for the caller."""
+
+    TRANSIENT = "transient"  # the cluster answered or may answer in a moment: retry
+    UNREACHABLE = "unreachable"  # no endpoint accepts a connection: fail now
+    TOO_LARGE = "too-large"  # over etcd's --max-request-bytes: fail now
+    REFUSED = "refused"  # anything else etcd said no to: fail now
+
+
+def _rpc_error(exc: BaseException) -> grpc.aio.AioRpcError | None:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc
+    cause = exc.__cause__
+    return cause if isinstance(cause, grpc.aio.AioRpcError) else None
+
+
+def classify(exc: BaseException) -> Failure:
+    """Sort an etcd3aio / gRPC exception (see the module docstring)."""
+    if isinstance(exc, TimeoutError):
+        return Failure.TRANSIENT  # our per-attempt timeout
+    rpc = _rpc_error(exc)
+    if rpc is None:
+        return Failure.UNREACHABLE if isinstance(exc, OSError) else Failure.REFUSED
+    code, details = rpc.code(), (rpc.details() or "")
+    if any(words in details for words in _TRANSIENT_DETAILS):
+        return Failure.TRANSIENT
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if any(words in details for words in _UNREACHABLE_DETAILS):
+            return Failure.UNREACHABLE
+        return Failure.TRANSIENT  # one member went away mid-request (socket closed, ...)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Failure.TRANSIENT
+    if "request is too large" in details:
+        return Failure.TOO_LARGE
+    return Failure.REFUSED
+
+
+def _detail(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:.1f}s"
+    rpc = _rpc_error(exc)
+    if rpc is not None:
+        return (
+            f"{rpc.code().name}: {(rpc.details() or '').splitlines()[0] if rpc.details() else ''}"
+        )
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text
 
 
 def parse_endpoints(spec: str) -> list[str]:
@@ -79,48 +180,138 @@ def parse_endpoints(spec: str) -> list[str]:
 
 
 class EtcdStore:
-    """A :class:`~controller.store.Store` backed by etcd.  Create with :meth:`connect`."""
+    """A :class:`~controller.store.Store` backed by etcd.  Create with :meth:`connect`.
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
+    ``timeout`` bounds one attempt (one etcd RPC); ``retry_budget`` bounds an operation
+    with its retries (see the module docstring)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = DEFAULT_ETCD_ATTEMPT_TIMEOUT,
+        retry_budget: float = DEFAULT_ETCD_RETRY_BUDGET,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if timeout <= 0 or retry_budget <= 0:
+            raise ValueError(
+                f"etcd timeout and retry budget must be positive (got {timeout}, {retry_budget})"
+            )
         self.endpoints = list(endpoints)
         self.timeout = timeout
+        self.retry_budget = retry_budget
+        self.backoff = backoff or Backoff()
+        self.retries = 0  # transient failures retried so far (for tests and logs)
         self._client = Etcd3Client(
             self.endpoints,
-            rpc_max_attempts=1,  # never re-send a compare-and-swap (see module docstring)
+            rpc_max_attempts=1,  # we retry ourselves, and never a write blindly
             watch_reconnect_backoff_seconds=0.1,
             watch_max_reconnect_backoff_seconds=1.0,
         )
+        # etcd3aio has no option for the channel's receive limit; its connection
+        # manager's option list is what its channel is built from.
+        manager = getattr(self._client, "_manager", None)
+        options = getattr(manager, "grpc_options", None)
+        if not isinstance(options, list):
+            raise RuntimeError(
+                "etcd3aio changed: cannot raise its gRPC receive limit (see "
+                "controller/etcd_store.py); pin the etcd3aio version from pyproject.toml"
+            )
+        options.append(("grpc.max_receive_message_length", ETCD_MAX_RESPONSE_BYTES))
         self._connected = False
 
     @classmethod
-    async def connect(cls, spec: str, *, timeout: float = 5.0) -> EtcdStore:
+    async def connect(
+        cls,
+        spec: str,
+        *,
+        timeout: float = DEFAULT_ETCD_ATTEMPT_TIMEOUT,
+        retry_budget: float = DEFAULT_ETCD_RETRY_BUDGET,
+    ) -> EtcdStore:
         """Connect to ``spec`` (``URL[,URL...]``) and check that etcd answers."""
         try:
-            store = cls(parse_endpoints(spec), timeout=timeout)
+            store = cls(parse_endpoints(spec), timeout=timeout, retry_budget=retry_budget)
         except ValueError as exc:
             raise StoreUnavailable(str(exc)) from exc
         await store._client.connect()
         store._connected = True
-        await store.get("/ipsecd-ping")  # raises StoreUnavailable with the endpoints named
+        try:
+            await store.get("/ipsecd-ping")  # raises StoreUnavailable naming the endpoints
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     def _where(self) -> str:
         return ",".join(self.endpoints)
 
-    def _unavailable(self, op: str, exc: BaseException) -> StoreUnavailable:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        hint = " (is etcd running and reachable? check --etcd)"
-        if isinstance(exc, grpc.aio.AioRpcError):
-            detail = f"{exc.code().name}: {exc.details()}"
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                hint = " (etcd refused the request; see the etcd log)"
-        return StoreUnavailable(f"etcd at {self._where()} failed during {op}: {detail}{hint}")
+    def _unavailable(self, op: str, exc: BaseException) -> ControllerError:
+        """The error for ``exc``, which ended ``op`` without (more) retries."""
+        detail = _detail(exc, self.timeout)
+        kind = classify(exc)
+        if kind is Failure.TOO_LARGE:
+            return StoreRequestTooLarge(
+                f"etcd at {self._where()} refused {op} as too large ({detail}); etcd "
+                "accepts requests up to its --max-request-bytes (default 1.5 MiB)"
+            )
+        if kind is Failure.REFUSED:
+            return StoreUnavailable(
+                f"etcd at {self._where()} refused {op}: {detail} (see the etcd log)"
+            )
+        return StoreUnavailable(
+            f"etcd at {self._where()} failed during {op}: {detail} (is etcd running and "
+            "reachable? check --etcd)"
+        )
 
-    async def _call(self, op: str, coro: Any) -> Any:
-        try:
-            return await coro
-        except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
-            raise self._unavailable(op, exc) from exc
+    def _gave_up(
+        self, op: str, started: float, attempts: int, last: BaseException | None
+    ) -> StoreUnavailable:
+        spent = time.monotonic() - started
+        what = _detail(last, self.timeout) if last is not None else "no time left"
+        return StoreUnavailable(
+            f"etcd at {self._where()} did not complete {op} in {spent:.1f}s ({attempts} "
+            f"attempt{'s' if attempts != 1 else ''}, last: {what}); the cluster has had no "
+            "usable leader for that long: are a majority of its members down or "
+            "partitioned? check `etcdctl endpoint health --cluster`"
+        )
+
+    async def _retrying(
+        self,
+        op: str,
+        attempt: Callable[[float], Awaitable[T]],
+        *,
+        deadline: float | None = None,
+    ) -> T:
+        """Run ``attempt(timeout)`` until it succeeds, a non-transient error, or the
+        deadline.  For idempotent operations only (reads, puts, deletes)."""
+        started = time.monotonic()
+        if deadline is None:
+            deadline = operation_deadline(self.retry_budget, now=started)
+        delays = self.backoff.delays()
+        attempts = 0
+        last: BaseException | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left < _MIN_ATTEMPT:
+                raise self._gave_up(op, started, attempts, last) from last
+            attempts += 1
+            try:
+                return await attempt(min(self.timeout, left))
+            except _ERRORS as exc:
+                if classify(exc) is not Failure.TRANSIENT:
+                    raise self._unavailable(op, exc) from exc
+                last = exc
+            await self._pause(op, last, delays, deadline)
+
+    async def _pause(self, op: str, exc: BaseException, delays: Any, deadline: float) -> None:
+        self.retries += 1
+        delay = min(next(delays), max(0.0, deadline - time.monotonic()))
+        _log.info("etcd %s: %s; retrying in %.2fs", op, _detail(exc, self.timeout), delay)
+        await asyncio.sleep(delay)
+
+    def _txn(self, ops: list[Any]) -> Callable[[float], Awaitable[Any]]:
+        """One unconditional transaction of ``ops``, as an attempt."""
+        return lambda t: self._kv.txn([], ops, timeout=t)
 
     @property
     def _kv(self) -> KVService:
@@ -129,45 +320,48 @@ class EtcdStore:
 
     # -- Store ------------------------------------------------------------------------
     async def get(self, key: str) -> KeyValue | None:
-        resp = await self._call("get", self._kv.get(key, timeout=self.timeout))
+        resp = await self._retrying("get", lambda t: self._kv.get(key, timeout=t))
         if not resp.kvs:
             return None
         kv = resp.kvs[0]
         return KeyValue(kv.key.decode(), bytes(kv.value), int(kv.mod_revision))
 
     async def get_prefix(
-        self, prefix: str, *, limit: int = 0, descending: bool = False
+        self, prefix: str, *, limit: int = 0, descending: bool = False, below: str | None = None
     ) -> tuple[list[KeyValue], int]:
-        resp = await self._call(
+        end = below.encode() if below is not None else prefix_range_end(prefix)
+        resp = await self._retrying(
             "get_prefix",
-            self._kv.get(
+            lambda t: self._kv.get(
                 prefix,
-                range_end=prefix_range_end(prefix),
+                range_end=end,
                 limit=limit,
                 sort_order=SortOrder.DESCEND if descending else SortOrder.ASCEND,
                 sort_target=SortTarget.KEY,
-                timeout=self.timeout,
+                timeout=t,
             ),
         )
         kvs = [KeyValue(kv.key.decode(), bytes(kv.value), int(kv.mod_revision)) for kv in resp.kvs]
         return kvs, int(resp.header.revision)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        resp = await self._call("put", self._kv.put(key, value, lease=lease, timeout=self.timeout))
+        resp = await self._retrying(
+            "put", lambda t: self._kv.put(key, value, lease=lease, timeout=t)
+        )
         return int(resp.header.revision)
 
     async def put_many(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0) -> None:
-        for i in range(0, len(items), _TXN_MAX_OPS):
-            ops = [KVService.txn_op_put(k, v, lease=lease) for k, v in items[i : i + _TXN_MAX_OPS]]
-            await self._call("put_many", self._kv.txn([], ops, timeout=self.timeout))
+        for chunk in _chunks(items, lambda kv: len(kv[0]) + len(kv[1])):
+            ops = [KVService.txn_op_put(k, v, lease=lease) for k, v in chunk]
+            await self._retrying("put_many", self._txn(ops))
 
     async def delete(self, key: str) -> None:
-        await self._call("delete", self._kv.delete(key, timeout=self.timeout))
+        await self._retrying("delete", lambda t: self._kv.delete(key, timeout=t))
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        for i in range(0, len(keys), _TXN_MAX_OPS):
-            ops = [KVService.txn_op_delete(k) for k in keys[i : i + _TXN_MAX_OPS]]
-            await self._call("delete_many", self._kv.txn([], ops, timeout=self.timeout))
+        for chunk in _chunks(keys, len):
+            ops = [KVService.txn_op_delete(k) for k in chunk]
+            await self._retrying("delete_many", self._txn(ops))
 
     async def compare_and_swap(
         self,
@@ -184,48 +378,166 @@ class EtcdStore:
         compares += [KVService.txn_compare_create_revision(k, 0) for k, _ in writes]
         ops = [KVService.txn_op_put(k, v) for k, v in writes]
         ops.append(KVService.txn_op_put(pointer, new_pointer_value))
-        resp = await self._call(
-            "compare_and_swap", self._kv.txn(compares, ops, timeout=self.timeout)
+        return await self._conditional(
+            "compare_and_swap",
+            lambda t: self._kv.txn(compares, ops, timeout=t),
+            lambda deadline: self._cas_outcome(pointer, expected, writes, deadline),
         )
-        return bool(resp.succeeded)
+
+    async def _conditional(
+        self,
+        op: str,
+        send: Callable[[float], Awaitable[Any]],
+        outcome: Callable[[float], Awaitable[bool | None]],
+    ) -> bool:
+        """A conditional write (a transaction whose compares make it apply at most
+        once), with retries.  ``outcome(deadline)`` reads back whether it was applied:
+        True (it was), False (it cannot be any more: it lost), None (not applied: re-send).
+        """
+        started = time.monotonic()
+        deadline = operation_deadline(self.retry_budget, now=started)
+        delays = self.backoff.delays()
+        attempts = 0
+        unknown = False  # an attempt may have been applied without us hearing of it
+        last: BaseException | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left < _MIN_ATTEMPT:
+                raise (
+                    self._outcome_unknown(op, started, attempts, last)
+                    if unknown
+                    else (self._gave_up(op, started, attempts, last))
+                )
+            attempts += 1
+            try:
+                resp = await send(min(self.timeout, left))
+            except _ERRORS as exc:
+                if classify(exc) is not Failure.TRANSIENT:
+                    if unknown:
+                        raise self._outcome_unknown(op, started, attempts, exc) from exc
+                    raise self._unavailable(op, exc) from exc
+                last = exc
+                unknown = True
+            else:
+                if resp.succeeded:
+                    return True
+                if not unknown:
+                    return False  # lost on the first attempt: a plain conflict
+            # Did an earlier attempt apply after all?  (Read back, never re-send blindly.)
+            try:
+                applied = await outcome(deadline)
+            except StoreUnavailable as exc:
+                cause = exc.__cause__ if exc.__cause__ is not None else exc
+                raise self._outcome_unknown(op, started, attempts, cause) from exc
+            if applied is not None:
+                return applied
+            unknown = True  # not applied as of the read, but an attempt may be in flight
+            if last is not None:
+                await self._pause(op, last, delays, deadline)
+
+    def _outcome_unknown(
+        self, op: str, started: float, attempts: int, last: BaseException | None
+    ) -> StoreOutcomeUnknown:
+        spent = time.monotonic() - started
+        what = _detail(last, self.timeout) if last is not None else "no time left"
+        return StoreOutcomeUnknown(
+            f"etcd at {self._where()} stopped answering during {op} ({attempts} "
+            f"attempt{'s' if attempts != 1 else ''} in {spent:.1f}s, last: {what}) and its "
+            "outcome could not be read back: the write may or may not have been applied; "
+            "are a majority of the etcd members down or partitioned? check `etcdctl "
+            "endpoint health --cluster`"
+        )
+
+    async def _read_many(self, keys: Sequence[str], deadline: float) -> list[KeyValue | None]:
+        """Several keys read in one transaction (one consistent snapshot)."""
+        ops = [KVService.txn_op_get(k) for k in keys]
+        resp = await self._retrying(
+            "read-back", lambda t: self._kv.txn([], ops, timeout=t), deadline=deadline
+        )
+        out: list[KeyValue | None] = []
+        for r in resp.responses:
+            kvs = r.response_range.kvs
+            out.append(
+                KeyValue(kvs[0].key.decode(), bytes(kvs[0].value), int(kvs[0].mod_revision))
+                if kvs
+                else None
+            )
+        return out
+
+    async def _cas_outcome(
+        self,
+        pointer: str,
+        expected: bytes | None,
+        writes: Sequence[tuple[str, bytes]],
+        deadline: float,
+    ) -> bool | None:
+        """Was our compare-and-swap applied?  The transaction writes every key of
+        ``writes`` (all absent before) and the pointer, atomically, so: the keys hold
+        our bytes -> applied; a key holds other bytes, or the pointer moved on -> lost
+        (the pointer only moves forward: our compare can never hold again); the pointer
+        still at ``expected`` and the keys absent -> not applied (yet)."""
+        got = await self._read_many([pointer, *(k for k, _ in writes)], deadline)
+        now_pointer, now_writes = got[0], got[1:]
+        if writes and all(
+            kv is not None and kv.value == v for kv, (_, v) in zip(now_writes, writes, strict=True)
+        ):
+            return True
+        if any(kv is not None for kv in now_writes):
+            return False
+        if (now_pointer.value if now_pointer else None) != expected:
+            return False
+        return None
 
     async def create_if_absent(self, key: str, value: bytes, *, lease: int) -> bool:
-        resp = await self._call(
+        async def outcome(deadline: float) -> bool | None:
+            (kv,) = await self._read_many([key], deadline)
+            if kv is None:
+                return None
+            return kv.value == value
+
+        return await self._conditional(
             "create_if_absent",
-            self._kv.txn(
+            lambda t: self._kv.txn(
                 [KVService.txn_compare_create_revision(key, 0)],
                 [KVService.txn_op_put(key, value, lease=lease)],
-                timeout=self.timeout,
+                timeout=t,
             ),
+            outcome,
         )
-        return bool(resp.succeeded)
 
     async def grant_lease(self, ttl: int) -> int:
-        assert self._client.lease is not None
-        resp = await self._call("grant_lease", self._client.lease.grant(ttl, timeout=self.timeout))
+        lease = self._client.lease
+        assert lease is not None
+        # A lost reply leaves an unused lease behind: it expires after ``ttl``.
+        resp = await self._retrying("grant_lease", lambda t: lease.grant(ttl, timeout=t))
         return int(resp.ID)
 
     async def refresh_lease(self, lease: int) -> bool:
-        assert self._client.lease is not None
-        call = self._client.lease.keep_alive(lease)
-        try:
-            async with asyncio.timeout(self.timeout):
-                async for resp in call:
-                    return int(resp.TTL) > 0
-        except (grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
-            raise self._unavailable("refresh_lease", exc) from exc
-        finally:
-            call.cancel()
-        return False
+        service = self._client.lease
+        assert service is not None
+
+        async def once(timeout: float) -> bool:
+            call = service.keep_alive(lease)
+            try:
+                async with asyncio.timeout(timeout):
+                    async for resp in call:
+                        return int(resp.TTL) > 0
+            finally:
+                call.cancel()
+            return False
+
+        return await self._retrying("refresh_lease", once)
 
     async def revoke_lease(self, lease: int) -> None:
-        assert self._client.lease is not None
+        service = self._client.lease
+        assert service is not None
         try:
-            await self._call("revoke_lease", self._client.lease.revoke(lease, timeout=self.timeout))
-        except StoreUnavailable:
+            await self._retrying("revoke_lease", lambda t: service.revoke(lease, timeout=t))
+        except StoreUnavailable as exc:
+            rpc = _rpc_error(exc.__cause__) if exc.__cause__ is not None else None
+            if rpc is not None and rpc.code() == grpc.StatusCode.NOT_FOUND:
+                return  # already expired (or revoked by an earlier attempt)
             raise
-        except grpc.aio.AioRpcError:  # NOT_FOUND: already expired
-            return
 
     async def watch_prefix(
         self, prefix: str, start_revision: int
@@ -256,22 +568,38 @@ class EtcdStore:
                     )
                     for e in resp.events
                 ]
-        except (EtcdError, grpc.aio.AioRpcError, OSError) as exc:
+        except _ERRORS as exc:
             raise self._unavailable("watch", exc) from exc
         finally:
             await stream.aclose()  # type: ignore[attr-defined]  # an async generator
 
     async def compact(self, revision: int) -> None:
         try:
-            await self._kv.compact(revision, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # already compacted: fine
-                return
-            raise self._unavailable("compact", exc) from exc
-        except (EtcdError, TimeoutError, OSError) as exc:
-            raise self._unavailable("compact", exc) from exc
+            await self._retrying("compact", lambda t: self._kv.compact(revision, timeout=t))
+        except StoreUnavailable as exc:
+            rpc = _rpc_error(exc.__cause__) if exc.__cause__ is not None else None
+            if rpc is not None and rpc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                return  # already compacted: fine
+            raise
 
     async def close(self) -> None:
         if self._connected:
             self._connected = False
             await self._client.close()
+
+
+def _chunks(items: Sequence[T], size: Callable[[T], int]) -> list[list[T]]:
+    """Split a batch into transactions under etcd's op-count and request-size limits."""
+    out: list[list[T]] = []
+    chunk: list[T] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if chunk and (len(chunk) >= ETCD_TXN_MAX_OPS or total + n > ETCD_TXN_MAX_BYTES):
+            out.append(chunk)
+            chunk, total = [], 0
+        chunk.append(item)
+        total += n
+    if chunk:
+        out.append(chunk)
+    return out

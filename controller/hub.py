@@ -11,6 +11,17 @@ stream.
 Every message is a ``ControllerMessage`` serialized ONCE into ``bytes``; the agent
 stream's gRPC response serializer passes bytes through, so the same object is written
 to every stream.
+
+A stream that stops reading: gRPC's ``write`` returns once the message is handed to
+HTTP/2, until the peer's flow-control window and the socket buffers are full (several
+MiB on loopback, measured by bench/bench_controller.py); from then on the one write in
+progress stays pending.  So a stuck stream holds at most that message plus its slots
+here — nothing grows per revision — and the stream records since when its write has
+been pending (:meth:`StreamState.stalled_for`), which the controller uses to drop
+streams that do not drain (``--stream-drain-timeout``).  grpc.aio cannot reset one
+stream, and a status cannot overtake a message: a dropped stream leaves the hub at
+once, and its call ends (``UNAVAILABLE`` with the reason) right after the agent has
+read the message in flight (:meth:`StreamState.finish_write`).
 """
 
 from __future__ import annotations
@@ -60,15 +71,19 @@ class StreamState:
         "closed",
         "control",
         "directory",
+        "first",
+        "inflight",
         "killed",
         "last_rx",
         "node",
         "pending_dir",
         "pending_policy",
+        "reason",
         "sent_dir_version",
         "sent_rev",
         "sink",
         "task",
+        "write_since",
         "writer",
     )
 
@@ -86,6 +101,33 @@ class StreamState:
         self.task: asyncio.Task[Any] | None = None  # the handler: cancelled by close()
         self.sink: Sink | None = None  # None until the first messages are written
         self.writer: asyncio.Task[None] | None = None
+        self.write_since = 0.0  # monotonic start of the write in progress (0: none)
+        self.inflight = 0  # bytes of the write in progress
+        self.first: list[bytes] = []  # the opening message(s): written before any slot
+        self.reason = ""  # why the controller ended the stream ("" when it did not)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the write in progress has been pending (0 when none is)."""
+        return now - self.write_since if self.write_since else 0.0
+
+    def pending_bytes(self) -> int:
+        """Bytes held for this stream: the write in progress and the three slots."""
+        total = self.inflight + sum(len(c) for c in self.control)
+        if self.pending_policy is not None:
+            total += len(self.pending_policy[1])
+        if self.pending_dir is not None:
+            total += len(self.pending_dir[1])
+        return total
+
+    async def write_tracked(self, sink: Sink, data: bytes) -> None:
+        """``sink.write(data)``, recording that a write is pending while it is."""
+        self.write_since = time.monotonic()
+        self.inflight = len(data)
+        try:
+            await sink.write(data)
+        finally:
+            self.write_since = 0.0
+            self.inflight = 0
 
     def offer_policy(self, revision: int, data: bytes) -> None:
         if revision > self.sent_rev:
@@ -106,6 +148,8 @@ class StreamState:
 
     def next_message(self) -> bytes | None:
         """The next bytes to write, or None when nothing is pending."""
+        if self.first:
+            return self.first.pop(0)
         if self.control:
             return self.control.pop(0)
         if self.pending_policy is not None:
@@ -122,9 +166,12 @@ class StreamState:
                 return data
         return None
 
-    def attach(self, sink: Sink) -> None:
-        """From now on pending messages are written to ``sink`` (by a writer task)."""
+    def attach(self, sink: Sink, first: list[bytes] | None = None) -> None:
+        """From now on pending messages are written to ``sink`` by a writer task (one
+        at a time, whoever offers them), ``first`` before anything else."""
         self.sink = sink
+        if first:
+            self.first = list(first)
         self._kick()
 
     def _kick(self) -> None:
@@ -139,7 +186,7 @@ class StreamState:
                 data = self.next_message()
                 if data is None:
                     return  # no await since the check: a later offer starts a new writer
-                await sink.write(data)
+                await self.write_tracked(sink, data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the RPC ended under us: end the stream
@@ -148,16 +195,27 @@ class StreamState:
         finally:
             self.writer = None
 
-    def close(self, *, kill: bool = False) -> None:
-        """End the stream: its handler (blocked reading) is cancelled and returns
-        normally.  ``kill`` is accepted for callers that want to say it was forced;
-        both end the handler the same way."""
+    def close(self, *, kill: bool = False, reason: str = "") -> None:
+        """End the stream: nothing more is queued, and its handler (blocked reading) is
+        cancelled; it ends the call (after the write in progress, if any: see the
+        module docstring), with ``reason`` as the status message when one is given.
+        ``kill`` is accepted for callers that want to say it was forced; both end the
+        handler the same way."""
         del kill
         self.closed = True
+        if reason and not self.reason:
+            self.reason = reason
         task = self.task
         if task is not None and not self.killed and task is not _current_task():
             self.killed = True
             task.cancel()
+
+    async def finish_write(self) -> None:
+        """Wait until the write in progress (if any) has been taken by gRPC; nothing is
+        written after it (the stream is closed)."""
+        writer = self.writer
+        if writer is not None and writer is not _current_task():
+            await asyncio.wait({writer})
 
     def detach(self) -> None:
         """Called by the handler when it ends: stop writing."""

@@ -9,6 +9,9 @@
 * Revisions are never deleted, so the previous current revision (the Tru64
   ``ipsec.spd.bak``) is always available: it is the ``base_revision`` of the current one.
 * A rollback re-instates an older revision's text as a NEW revision (history only grows).
+* Bounds (docs/limits.md, "Controller"): the text is at most ``max_policy_bytes``
+  (UTF-8), the file name, comment and author are bounded too; an over-limit request is
+  refused before anything is validated or written (:class:`InputTooLarge`).
 """
 
 from __future__ import annotations
@@ -17,14 +20,30 @@ import difflib
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from controller.errors import ConflictError, RevisionNotFound, StoreUnavailable
+from controller.errors import (
+    ConflictError,
+    InputTooLarge,
+    RevisionNotFound,
+    StoreOutcomeUnknown,
+    StoreRequestTooLarge,
+    StoreUnavailable,
+)
 from controller.keys import Keys
+from controller.limits import (
+    DEFAULT_MAX_POLICY_BYTES,
+    HISTORY_PAGE,
+    MAX_AUTHOR_BYTES,
+    MAX_COMMENT_BYTES,
+    MAX_FILENAME_BYTES,
+    POLICY_BYTES_CEILING,
+    human_bytes,
+)
 from controller.spdcheck import CheckedDiagnostic, Validation, redact, validate
 from controller.store import Store
 
-__all__ = ["PolicyRepo", "PushOutcome", "Revision"]
+__all__ = ["PolicyRepo", "PushOutcome", "Revision", "check_request"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +62,8 @@ class Revision:
     text: str = field(repr=False)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        # UTF-8, not \u escapes: a non-ASCII policy stays close to its own size in etcd
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Revision:
@@ -63,12 +83,52 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_request(
+    text: str,
+    *,
+    max_policy_bytes: int,
+    filename: str = "",
+    comment: str = "",
+    author: str = "",
+) -> None:
+    """Refuse (:class:`InputTooLarge`) a policy text or field over its bound."""
+    size = len(text.encode())
+    if size > max_policy_bytes:
+        what = f"policy {filename}" if filename else "the policy"
+        raise InputTooLarge(
+            f"{what} is {human_bytes(size)}; this controller accepts policies up to "
+            f"{human_bytes(max_policy_bytes)} (--max-policy-bytes); nothing changed: "
+            "shorten it (node groups and macros instead of rules per node pair) or raise "
+            "--max-policy-bytes on every controller replica (at most "
+            f"{human_bytes(POLICY_BYTES_CEILING)})"
+        )
+    for name, value, bound in (
+        ("file name", filename, MAX_FILENAME_BYTES),
+        ("comment", comment, MAX_COMMENT_BYTES),
+        ("author", author, MAX_AUTHOR_BYTES),
+    ):
+        n = len(value.encode())
+        if n > bound:
+            raise InputTooLarge(
+                f"the {name} is {human_bytes(n)}; at most {human_bytes(bound)} is accepted; "
+                f"nothing changed: shorten the {name}"
+            )
+
+
 class PolicyRepo:
     """Policy revisions over a :class:`~controller.store.Store`."""
 
-    def __init__(self, store: Store, keys: Keys) -> None:
+    def __init__(
+        self, store: Store, keys: Keys, *, max_policy_bytes: int = DEFAULT_MAX_POLICY_BYTES
+    ) -> None:
+        if not 0 < max_policy_bytes <= POLICY_BYTES_CEILING:
+            raise ValueError(
+                f"max_policy_bytes must be between 1 and {POLICY_BYTES_CEILING} "
+                f"(got {max_policy_bytes})"
+            )
         self.store = store
         self.keys = keys
+        self.max_policy_bytes = max_policy_bytes
 
     async def current_number(self) -> int:
         kv = await self.store.get(self.keys.current)
@@ -97,8 +157,21 @@ class PolicyRepo:
         return await self.read(number)
 
     async def history(self, limit: int = 0) -> list[Revision]:
-        kvs, _ = await self.store.get_prefix(self.keys.revisions, limit=limit, descending=True)
-        return [Revision.from_bytes(kv.value) for kv in kvs]
+        """The newest ``limit`` revisions (0: all), newest first, WITHOUT their texts
+        (``text`` is ""): records are read :data:`HISTORY_PAGE` at a time so that a long
+        history of large policies is never in memory (or in one etcd answer) at once."""
+        out: list[Revision] = []
+        below: str | None = None
+        while not limit or len(out) < limit:
+            page = HISTORY_PAGE if not limit else min(HISTORY_PAGE, limit - len(out))
+            kvs, _ = await self.store.get_prefix(
+                self.keys.revisions, limit=page, descending=True, below=below
+            )
+            out.extend(replace(Revision.from_bytes(kv.value), text="") for kv in kvs)
+            if len(kvs) < page:
+                break
+            below = kvs[-1].key
+        return out
 
     async def push(
         self,
@@ -111,6 +184,13 @@ class PolicyRepo:
         file_mode: int | None = None,
         rollback_of: int = 0,
     ) -> PushOutcome:
+        check_request(
+            text,
+            max_policy_bytes=self.max_policy_bytes,
+            filename=filename,
+            comment=comment,
+            author=author,
+        )
         checked: Validation = validate(text, filename, file_mode)
         if not checked.ok:
             return PushOutcome(False, diagnostics=checked.diagnostics)
@@ -135,12 +215,26 @@ class PolicyRepo:
             policy_digest=checked.policy_digest,
             text=text,
         )
-        won = await self.store.compare_and_swap(
-            self.keys.current,
-            current_kv.value if current_kv else None,
-            str(new.revision).encode(),
-            [(self.keys.revision(new.revision), new.to_bytes())],
-        )
+        record = new.to_bytes()
+        try:
+            won = await self.store.compare_and_swap(
+                self.keys.current,
+                current_kv.value if current_kv else None,
+                str(new.revision).encode(),
+                [(self.keys.revision(new.revision), record)],
+            )
+        except StoreRequestTooLarge as exc:
+            raise InputTooLarge(
+                f"the revision record ({human_bytes(len(record))}: the policy and its "
+                f"metadata) is larger than etcd accepts ({exc}); nothing changed: raise "
+                "etcd's --max-request-bytes above --max-policy-bytes plus 64 KiB, or "
+                "lower --max-policy-bytes"
+            ) from exc
+        except StoreOutcomeUnknown as exc:
+            raise StoreOutcomeUnknown(
+                f"{exc}: revision {new.revision} may or may not have been written; "
+                "check `ipsecctl history` before pushing again"
+            ) from exc
         if not won:
             raise ConflictError(await self._conflict_message(current, None))
         return PushOutcome(True, new)

@@ -15,6 +15,10 @@
 Credentials are pluggable: :meth:`Controller.start` takes ``grpc.ServerCredentials``
 (plaintext when None — acceptable on loopback until the mTLS issue lands), and the
 :class:`Authorizer` decides who may see secrets.
+
+Bounds on what comes in (docs/limits.md, "Controller"; the numbers are in
+:mod:`controller.limits`): gRPC message sizes, the policy size, agent message sizes,
+live query timeouts, and how long one write to an agent stream may stay pending.
 """
 
 from __future__ import annotations
@@ -35,16 +39,31 @@ import grpc.aio
 from controller.errors import (
     ConflictError,
     ControllerError,
+    InputTooLarge,
     PermissionDenied,
     RevisionNotFound,
     StoreCompacted,
+    StoreOutcomeUnknown,
+    StoreRequestTooLarge,
     StoreUnavailable,
     ValidatorUnavailable,
 )
 from controller.hub import Hub, StreamState
 from controller.keys import Keys
+from controller.limits import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_POLICY_BYTES,
+    MAX_AGENT_MESSAGE_BYTES,
+    MAX_NODE_NAME_BYTES,
+    MAX_QUERY_TIMEOUT,
+    MIN_QUERY_TIMEOUT,
+    client_channel_options,
+    human_bytes,
+    server_message_options,
+)
 from controller.registry import NodeView, Registry
-from controller.revisions import PolicyRepo, PushOutcome, Revision
+from controller.retry import request_deadline
+from controller.revisions import PolicyRepo, PushOutcome, Revision, check_request
 from controller.spdcheck import redact, validate
 from controller.store import Store, WatchEvent
 from ipsecd.v1 import (
@@ -68,7 +87,11 @@ STATUS_OF: dict[type[ControllerError], tuple[grpc.StatusCode, str]] = {
     ConflictError: (grpc.StatusCode.ABORTED, "conflict"),
     RevisionNotFound: (grpc.StatusCode.NOT_FOUND, "not-found"),
     StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, "store-unavailable"),
+    StoreOutcomeUnknown: (grpc.StatusCode.UNAVAILABLE, "store-unavailable"),
     StoreCompacted: (grpc.StatusCode.UNAVAILABLE, "store-unavailable"),
+    StoreRequestTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, "error"),
+    # the same code gRPC uses for a message over its size limit; exit 1 in ipsecctl
+    InputTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, "invalid"),
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "permission-denied"),
     ValidatorUnavailable: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
 }
@@ -82,6 +105,7 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_concurrent_streams", 1_000_000),
+    *server_message_options(),
 ]
 
 
@@ -117,6 +141,34 @@ class ControllerConfig:
     query_timeout: float = 2.0
     compact_interval: float = 300.0
     compact_keep: int = 10_000
+    max_policy_bytes: int = DEFAULT_MAX_POLICY_BYTES
+    # one write to an agent stream pending longer than this: the stream is dropped
+    # (0: never); checked once per ping_interval
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+
+class _Oversize:
+    """What the agent stream's deserializer returns for a message over the bound
+    (parsing it would be wasted work; the handler ends the stream with a message)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _parse_agent_message(raw: bytes) -> agent_pb2.AgentMessage | _Oversize:
+    if len(raw) > MAX_AGENT_MESSAGE_BYTES:
+        return _Oversize(len(raw))
+    return agent_pb2.AgentMessage.FromString(raw)
+
+
+def _oversize_message(size: int) -> str:
+    return (
+        f"agent stream: a message of {human_bytes(size)} is over the limit of "
+        f"{human_bytes(MAX_AGENT_MESSAGE_BYTES)} for agent messages; shorten the node's "
+        "labels, addresses or status detail"
+    )
 
 
 def _meta(rev: Revision) -> types_pb2.RevisionMeta:
@@ -148,9 +200,12 @@ def _diag_msgs(outcome_diags: Any) -> list[types_pb2.Diagnostic]:
 
 
 async def _guard(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
-    """Run ``work``; map controller errors to status codes (never a stack trace)."""
+    """Run ``work`` within the caller's deadline (store retries stop short of it, so the
+    caller hears the store's error rather than its own timeout); map controller errors
+    to status codes (never a stack trace)."""
     try:
-        return await work
+        with request_deadline(context.time_remaining()):
+            return await work
     except ControllerError as exc:
         code, kind = STATUS_OF.get(type(exc), (grpc.StatusCode.INTERNAL, "internal"))
         context.set_trailing_metadata((("ipsecd-error", kind),))
@@ -231,6 +286,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Validate(self, request: Any, context: Any) -> policy_pb2.ValidateResponse:
         async def work() -> policy_pb2.ValidateResponse:
             mode = request.file_mode if request.HasField("file_mode") else None
+            check_request(
+                request.text,
+                max_policy_bytes=self.c.config.max_policy_bytes,
+                filename=request.filename,
+            )
             result = validate(request.text, request.filename, mode)
             return policy_pb2.ValidateResponse(
                 ok=result.ok, diagnostics=_diag_msgs(result.diagnostics)
@@ -288,7 +348,7 @@ class Controller:
         self.peer_credentials = peer_credentials  # replica -> replica (status forwarding)
         self.config = config
         self.keys = Keys(config.key_root)
-        self.repo = PolicyRepo(store, self.keys)
+        self.repo = PolicyRepo(store, self.keys, max_policy_bytes=config.max_policy_bytes)
         self.hub = Hub(config.replica_id)
         self.view = NodeView(self.keys)
         self.registry = Registry(
@@ -313,6 +373,7 @@ class Controller:
         self._sha_cache: dict[int, str] = {}
         self._stopping = False
         self._ping_bytes = agent_pb2.ControllerMessage(ping=agent_pb2.Ping()).SerializeToString()
+        self.dropped_stalled = 0  # streams dropped because a write stayed pending
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self, listen: str, *, credentials: grpc.ServerCredentials | None = None) -> int:
@@ -326,7 +387,7 @@ class Controller:
                     {
                         "Connect": grpc.stream_stream_rpc_method_handler(
                             self._connect,
-                            request_deserializer=agent_pb2.AgentMessage.FromString,
+                            request_deserializer=_parse_agent_message,
                             response_serializer=None,  # bytes pass through: serialized once
                         )
                     },
@@ -519,7 +580,26 @@ class Controller:
             await asyncio.sleep(cfg.ping_interval / ticks)
             now = time.monotonic()
             for stream in list(self.hub.streams.values())[tick::ticks]:
-                if now - stream.last_rx > cfg.ping_timeout:
+                stalled = stream.stalled_for(now)
+                if cfg.drain_timeout and stalled > cfg.drain_timeout:
+                    # A stream that does not drain holds one message in gRPC's buffers
+                    # and its slots; drop it: the agent reconnects and resumes with
+                    # what it lacks (or gets a snapshot).
+                    _log.warning(
+                        "node %s: one write pending for %.0fs (%s queued); dropping its "
+                        "stream (--stream-drain-timeout)",
+                        stream.node,
+                        stalled,
+                        human_bytes(stream.pending_bytes()),
+                    )
+                    self.dropped_stalled += 1
+                    stream.close(
+                        kill=True,
+                        reason=f"the controller dropped this stream: one message was not "
+                        f"taken for {stalled:.0f}s (--stream-drain-timeout "
+                        f"{cfg.drain_timeout:g}); reconnect to resume",
+                    )
+                elif now - stream.last_rx > cfg.ping_timeout:
                     _log.warning(
                         "node %s: nothing received for %.0fs; closing its stream",
                         stream.node,
@@ -542,6 +622,10 @@ class Controller:
                 grpc.StatusCode.INVALID_ARGUMENT, "agent stream: expected Hello first"
             )
             return
+        if isinstance(first, _Oversize):
+            _log.warning("agent stream from %s: %s", context.peer(), _oversize_message(first.size))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _oversize_message(first.size))
+            return
         if first.WhichOneof("kind") != "hello" or not first.hello.node:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -549,16 +633,33 @@ class Controller:
             )
             return
         hello = first.hello
+        if len(hello.node.encode()) > MAX_NODE_NAME_BYTES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"agent stream: node name of {len(hello.node.encode())} bytes is over the "
+                f"limit of {MAX_NODE_NAME_BYTES} (a DNS name); use a shorter --node name",
+            )
+            return
         stream, initial = await self._admit(hello)
         stream.task = asyncio.current_task()
         try:
-            for first_bytes in initial:
-                await context.write(first_bytes)
-            stream.attach(context)  # a writer task runs only while something is pending
-            await self._read(stream, context)  # this task reads
+            # one writer task per stream, only while something is pending: the opening
+            # message, then whatever the hub offers; this task reads
+            stream.attach(context, initial)
+            await self._read(stream, context)
         except asyncio.CancelledError:
             if not stream.killed:
                 raise
+            if stream.writer is not None:
+                # Closed by us with a write in progress: forget the stream now; the
+                # call can end only once the agent has read that message (grpc.aio
+                # cannot reset one stream), then it ends with the reason.
+                if self.hub.remove(stream):
+                    self.registry.disconnected(stream.node)
+                await stream.finish_write()
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, stream.reason or "the controller closed the stream"
+                )
         finally:
             stream.detach()
             if self.hub.remove(stream):
@@ -615,6 +716,11 @@ class Controller:
         registry = self.registry
         try:
             while (msg := await context.read()) is not grpc.aio.EOF:
+                if isinstance(msg, _Oversize):
+                    _log.warning("node %s: %s", stream.node, _oversize_message(msg.size))
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, _oversize_message(msg.size)
+                    )
                 stream.last_rx = time.monotonic()
                 kind = msg.WhichOneof("kind")
                 if kind == "ack":
@@ -634,7 +740,11 @@ class Controller:
     # -- live status ------------------------------------------------------------------
     async def node_status(self, request: Any, context: Any) -> status_pb2.NodeStatusResponse:
         name = request.node
-        timeout = request.timeout_seconds or self.config.query_timeout
+        # bounded: a caller cannot park a query (and its future) here for long
+        timeout = min(
+            MAX_QUERY_TIMEOUT,
+            max(MIN_QUERY_TIMEOUT, request.timeout_seconds or self.config.query_timeout),
+        )
         stream = self.hub.streams.get(name)
         note = ""
         if stream is not None:
@@ -681,20 +791,22 @@ class Controller:
         self, address: str, name: str, timeout: float
     ) -> status_pb2.NodeStatusResponse | None:
         creds = self.peer_credentials
+        options = client_channel_options()
         channel = (
-            grpc.aio.insecure_channel(address)
+            grpc.aio.insecure_channel(address, options=options)
             if creds is None
-            else grpc.aio.secure_channel(address, creds)
+            else grpc.aio.secure_channel(address, creds, options=options)
         )
         try:
             async with channel:
                 stub = status_pb2_grpc.StatusServiceStub(channel)
-                return await stub.GetNodeStatus(
+                answer: status_pb2.NodeStatusResponse = await stub.GetNodeStatus(
                     status_pb2.NodeStatusRequest(
                         node=name, timeout_seconds=timeout, local_only=True
                     ),
                     timeout=timeout + 1.0,
                 )
+                return answer
         except grpc.aio.AioRpcError as exc:
             _log.info("forwarding status query for %s to %s: %s", name, address, exc.code())
             return None

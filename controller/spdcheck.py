@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from controller.errors import ValidatorUnavailable
 
@@ -39,7 +40,7 @@ class Validation:
         return not self.diagnostics
 
 
-def _spd():  # type: ignore[no-untyped-def]
+def _spd() -> Any:
     try:
         from ipsecd import spd
     except ImportError as exc:  # pragma: no cover - broken installation

@@ -7,7 +7,10 @@ small protocol:
   records, replica records);
 * ``compare_and_swap`` — the one transaction the revision history needs: write the new
   revision key and move the ``current`` pointer only if ``current`` still holds the
-  expected value and the new revision key does not exist yet;
+  expected value and the new revision key does not exist yet.  Callers only ever move
+  a pointer forward (never back to a value it held), which is what lets an
+  implementation that lost the answer to a compare-and-swap read back whether it was
+  applied (:mod:`controller.etcd_store`);
 * ``create_if_absent`` — leader election (a key bound to a lease);
 * leases (``grant_lease``, ``refresh_lease``, ``revoke_lease``) for liveness;
 * ``watch_prefix`` — a prefix watch starting at a store revision, yielding batches of
@@ -58,9 +61,10 @@ class Store(Protocol):
     async def get(self, key: str) -> KeyValue | None: ...
 
     async def get_prefix(
-        self, prefix: str, *, limit: int = 0, descending: bool = False
+        self, prefix: str, *, limit: int = 0, descending: bool = False, below: str | None = None
     ) -> tuple[list[KeyValue], int]:
-        """Keys under ``prefix`` sorted by key, and the store revision of the read."""
+        """Keys under ``prefix`` (and, with ``below``, lower than that key) sorted by key,
+        at most ``limit`` of them (0: all), and the store revision of the read."""
         ...
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int: ...
@@ -157,10 +161,13 @@ class MemoryStore:
         return self._data.get(key)
 
     async def get_prefix(
-        self, prefix: str, *, limit: int = 0, descending: bool = False
+        self, prefix: str, *, limit: int = 0, descending: bool = False, below: str | None = None
     ) -> tuple[list[KeyValue], int]:
         self._check()
-        keys = sorted((k for k in self._data if k.startswith(prefix)), reverse=descending)
+        keys = sorted(
+            (k for k in self._data if k.startswith(prefix) and (below is None or k < below)),
+            reverse=descending,
+        )
         if limit:
             keys = keys[:limit]
         return [self._data[k] for k in keys], self._revision

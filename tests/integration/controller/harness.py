@@ -30,8 +30,17 @@ FAST = {
 }
 
 
-async def start_controller(url: str, replica_id: str, key_root: str, **cfg: Any) -> Controller:
-    store = await EtcdStore.connect(url)
+async def start_controller(
+    url: str,
+    replica_id: str,
+    key_root: str,
+    *,
+    store_options: dict[str, float] | None = None,
+    **cfg: Any,
+) -> Controller:
+    """A controller on real etcd; ``store_options`` go to :meth:`EtcdStore.connect`
+    (``timeout``, ``retry_budget``), ``cfg`` to :class:`ControllerConfig`."""
+    store = await EtcdStore.connect(url, **(store_options or {}))
     port = free_port()
     options = {**FAST, **cfg}
     config = ControllerConfig(

@@ -29,6 +29,18 @@ async def check_put_get_prefix(store: Store, p: str) -> None:
     assert await store.get(f"{p}a/2") is None
 
 
+async def check_prefix_pages(store: Store, p: str) -> None:
+    await store.put_many([(f"{p}r/{i:02d}", str(i).encode()) for i in range(1, 8)])
+    page, _ = await store.get_prefix(f"{p}r/", limit=3, descending=True)
+    assert [kv.value for kv in page] == [b"7", b"6", b"5"]
+    page, _ = await store.get_prefix(f"{p}r/", limit=3, descending=True, below=page[-1].key)
+    assert [kv.value for kv in page] == [b"4", b"3", b"2"]
+    page, _ = await store.get_prefix(f"{p}r/", limit=3, descending=True, below=page[-1].key)
+    assert [kv.value for kv in page] == [b"1"]
+    page, _ = await store.get_prefix(f"{p}r/", below=f"{p}r/03")
+    assert [kv.value for kv in page] == [b"1", b"2"]
+
+
 async def check_cas_exactly_one_wins(store: Store, p: str) -> None:
     ptr = f"{p}current"
     assert await store.compare_and_swap(ptr, None, b"1", [(f"{p}rev/1", b"r1")])
@@ -110,6 +122,7 @@ async def check_watch_compacted(store: Store, p: str) -> None:
 
 ALL_CHECKS = [
     check_put_get_prefix,
+    check_prefix_pages,
     check_cas_exactly_one_wins,
     check_leases_and_election,
     check_watch_from_revision,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import grpc
+import pytest
 
 import controller.cli_remote as cli_remote
 import controller.errors as errors
@@ -74,3 +75,44 @@ def test_remote_subcommands_are_wired_into_ipsecctl() -> None:
 def test_table_rendering() -> None:
     text = cli_remote._table(["A", "LONGER"], [["xyz", "1"], ["w", "22"]])
     assert text.splitlines() == ["A    LONGER", "xyz  1", "w    22"]
+
+
+def test_size_errors_map_to_clear_messages() -> None:
+    m = cli_remote._map_rpc_error
+    raw = "Received message larger than max (4194400 vs. 3211264)"
+    err = m(_FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, raw, None), "h:1", "push")
+    assert err.kind == "invalid" and cli_remote.EXIT[err.kind] == 1
+    assert "too large" in str(err) and "--max-policy-bytes" in str(err) and raw in str(err)
+    err = m(_FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, raw, None), "h:1", "history")
+    assert err.kind == "error" and "--limit" in str(err)
+    # the controller's own answer (the handler ran): its message as it is, exit 1
+    said = "policy p.spd is 2,000,000 bytes; ... (--max-policy-bytes); nothing changed"
+    err = m(_FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, said, "invalid"), "h:1", "push")
+    assert err.kind == "invalid" and str(err) == said
+
+
+def test_size_errors_of_the_controller_are_invalid_input() -> None:
+    code, kind = STATUS_OF[errors.InputTooLarge]
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and cli_remote.EXIT[kind] == 1
+    code, kind = STATUS_OF[errors.StoreOutcomeUnknown]
+    assert kind == "store-unavailable" and cli_remote.EXIT[kind] == 6
+
+
+def test_controller_options_are_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.limits import POLICY_BYTES_CEILING
+    from controller.main import build_parser, check_args
+
+    parser = build_parser()
+    for argv in (
+        ["--max-policy-bytes", str(POLICY_BYTES_CEILING + 1)],
+        ["--max-policy-bytes", "0"],
+        ["--stream-drain-timeout", "-1"],
+        ["--etcd-retry-budget", "0"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            check_args(parser, parser.parse_args(argv))
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: --" in err and "Traceback" not in err
+    args = parser.parse_args(["--max-policy-bytes", str(POLICY_BYTES_CEILING)])
+    check_args(parser, args)

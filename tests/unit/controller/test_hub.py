@@ -160,3 +160,57 @@ async def test_failed_write_closes_the_stream_and_cancels_its_handler() -> None:
     assert s.writer is None  # closed: nothing more is written
     s.detach()
     assert s.sink is None
+
+
+class _Blocking:
+    """A sink whose writes wait until released (an agent that does not read)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.written: list[bytes] = []
+
+    async def write(self, message: Any) -> None:
+        await self.release.wait()
+        self.written.append(message)
+
+
+@run_async(10)
+async def test_a_stuck_write_is_measured_and_nothing_piles_up() -> None:
+    hub = Hub("r1")
+    s = StreamState("stuck", directory=True, sent_rev=0)
+    hub.add(s)
+    sink = _Blocking()
+    s.attach(sink, [b"opening"])
+    await asyncio.sleep(0)
+    assert s.stalled_for(s.write_since + 5.0) == 5.0 and s.inflight == len(b"opening")
+    for n in range(1, 50):
+        hub.publish(_rev(n))
+        s.offer_control(b"ping")
+    hub.publish_directory([])
+    # one write in progress, one policy, one directory, CONTROL_SLOTS control messages
+    latest = hub.latest
+    assert latest is not None and hub.directory_bytes is not None
+    assert s.pending_bytes() == (
+        len(b"opening") + len(latest.update_bytes) + len(hub.directory_bytes) + 4 * CONTROL_SLOTS
+    )
+    s.close(kill=True, reason="dropped: not drained")
+    assert s.reason == "dropped: not drained"
+    sink.release.set()
+    await s.finish_write()
+    assert sink.written == [b"opening"]  # closed: nothing after the write in progress
+    assert s.stalled_for(123.0) == 0.0 and s.pending_bytes() > 0
+    s.detach()
+
+
+@run_async(10)
+async def test_the_opening_message_goes_first() -> None:
+    s = StreamState("n", directory=False, sent_rev=0)
+    s.offer_control(b"ping")
+    s.offer_policy(1, b"one")
+    sink = _Blocking()
+    sink.release.set()
+    s.attach(sink, [b"snapshot"])
+    while s.writer is not None:
+        await asyncio.sleep(0)
+    assert sink.written == [b"snapshot", b"ping", b"one"]
+    s.detach()

@@ -126,3 +126,76 @@ def test_keys_reject_a_bad_root() -> None:
     with pytest.raises(ValueError, match="must start and end"):
         Keys("ipsecd")
     assert Keys("/x/").revision(7) == "/x/policy/rev/00000000000000000007"
+
+
+@run_async(10)
+async def test_over_the_limit_is_refused_before_anything_else() -> None:
+    from controller.errors import InputTooLarge
+    from controller.limits import MAX_AUTHOR_BYTES, MAX_COMMENT_BYTES, MAX_FILENAME_BYTES
+
+    repo = PolicyRepo(MemoryStore(), Keys("/u/"), max_policy_bytes=1000)
+    text = policy(1)
+    assert (await repo.push(text + "#" * (999 - len(text)) + "\n")).accepted  # 1000 bytes
+    big = policy(2) + "#" + "é" * 600 + "\n"  # < 1000 characters, > 1000 UTF-8 bytes
+    assert len(big) < 1000 < len(big.encode())
+    with pytest.raises(InputTooLarge, match=r"1,000 bytes \(--max-policy-bytes\)"):
+        await repo.push(big, filename="big.spd")
+    for field, bound in (
+        ("comment", MAX_COMMENT_BYTES),
+        ("author", MAX_AUTHOR_BYTES),
+        ("filename", MAX_FILENAME_BYTES),
+    ):
+        with pytest.raises(InputTooLarge, match=f"{bound:,} bytes"):
+            await repo.push(policy(3), **{field: "x" * (bound + 1)})
+    assert await repo.current_number() == 1 and len(await repo.history()) == 1
+    with pytest.raises(ValueError):
+        PolicyRepo(MemoryStore(), Keys("/u/"), max_policy_bytes=64 * 2**20)
+
+
+@run_async(20)
+async def test_history_is_read_in_pages_without_texts() -> None:
+    from controller.limits import HISTORY_PAGE
+
+    repo = _repo()
+    total = 3 * HISTORY_PAGE + 2
+    for n in range(1, total + 1):
+        await repo.push(policy(n), filename="p.spd")
+    everything = await repo.history()
+    assert [r.revision for r in everything] == list(range(total, 0, -1))
+    assert all(r.text == "" for r in everything)
+    for limit in (1, HISTORY_PAGE, HISTORY_PAGE + 1, total, total + 5):
+        got = await repo.history(limit)
+        assert [r.revision for r in got] == list(range(total, max(0, total - limit), -1))
+    assert (await repo.read(total)).text == policy(total)  # texts stay in the records
+
+
+def test_records_are_utf8_not_escapes() -> None:
+    rev = Revision(1, "é", 1, "0" * 64, "ü ✓", 0, 0, "p.spd", "", "# ✓\n")
+    raw = rev.to_bytes()
+    assert "ü ✓".encode() in raw and b"\\u" not in raw
+    assert Revision.from_bytes(raw) == rev
+    legacy = raw.decode().replace("✓", "\\u2713").encode()  # records written before
+    assert Revision.from_bytes(legacy) == rev
+
+
+class _FailingCas(MemoryStore):
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    async def compare_and_swap(self, *args: object, **kwargs: object) -> bool:
+        raise self.exc
+
+
+@run_async(10)
+async def test_store_failures_during_the_swap_say_what_to_do() -> None:
+    from controller.errors import InputTooLarge, StoreOutcomeUnknown, StoreRequestTooLarge
+
+    repo = PolicyRepo(_FailingCas(StoreOutcomeUnknown("etcd at x stopped answering")), Keys("/u/"))
+    with pytest.raises(StoreOutcomeUnknown) as info:
+        await repo.push(policy(1))
+    assert "revision 1 may or may not have been written" in str(info.value)
+    assert "ipsecctl history" in str(info.value)
+    repo = PolicyRepo(_FailingCas(StoreRequestTooLarge("etcd refused")), Keys("/u/"))
+    with pytest.raises(InputTooLarge, match="--max-request-bytes"):
+        await repo.push(policy(1))
