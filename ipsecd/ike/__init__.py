@@ -1,16 +1,18 @@
 """IKEv2 (RFC 7296) as a sans-I/O engine: bytes and time in; datagrams, timers, events out.
 
-Public API (see :mod:`ipsecd.ike.engine` for the driver contract)::
+Public API (docs/ike.md; :mod:`ipsecd.ike.sa` for one SA's driver contract,
+:mod:`ipsecd.ike.endpoint` for a node's ports)::
 
-    from ipsecd.ike import IkeSa, IkeConfig, ChildConfig, Identity, TrafficSelector
-    sa = IkeSa(config, initiator=True, local_addr=(ip, 500), remote_addr=(peer, 500))
-    sa.initiate(now)                       # or IkeSa.accept(lookup, data, ...)
-    sa.receive_datagram(data, addr, now); sa.handle_timer(now)
-    sa.datagrams_to_send(now); sa.get_timer(); sa.next_event()
-    sa.delete(now); sa.close_child(inbound_spi, now)
+    from ipsecd.ike import IkeEndpoint, IkeConfig, ChildConfig, Identity, TrafficSelector
+    ep = IkeEndpoint(lookup)                  # every IKE SA of a node
+    sa = ep.initiate(config, (ip, 500), (peer, 500), now)
+    ep.receive_datagram(data, local, remote, now); ep.handle_timer(now)
+    ep.datagrams_to_send(); ep.get_timer(); ep.next_event()   # -> (sa, event)
+    sa.delete(now); sa.close_child(spi, now); sa.rekey_child(spi, now); sa.rekey_ike(now)
 
-The codec (:mod:`ipsecd.ike.codec`), crypto (:mod:`ipsecd.ike.crypto`) and wire codes
-(:mod:`ipsecd.ike.constants`) are importable from their modules.
+The codec (:mod:`ipsecd.ike.codec`), crypto (:mod:`ipsecd.ike.crypto`), wire codes
+(:mod:`ipsecd.ike.constants`) and negotiation rules (:mod:`ipsecd.ike.negotiate`) are
+importable from their modules.
 """
 
 from .config import (
@@ -26,15 +28,7 @@ from .config import (
     parse_child_proposal,
     parse_ike_proposal,
 )
-from .engine import (
-    ConfigLookup,
-    DatagramRoute,
-    IkeSa,
-    SpiAllocator,
-    cookie_challenge,
-    lookup_by_address,
-    route_datagram,
-)
+from .endpoint import EndpointLimits, EndpointStats, IkeEndpoint
 from .errors import (
     IkeError,
     IkeIntegrityError,
@@ -47,12 +41,18 @@ from .events import (
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaOutboundActivated,
+    ChildSaRekeyed,
     Event,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
+    PeerAddressChanged,
 )
-from .states import END_STATES, IkeState
+from .negotiate import DatagramRoute, cookie_challenge, route_datagram
+from .sa import ConfigLookup, IkeSa, SpiAllocator, lookup_by_address
+from .states import END_STATES, ChildState, IkeState
 
 __all__ = [
     "END_STATES",
@@ -60,11 +60,17 @@ __all__ = [
     "ChildSaDeleted",
     "ChildSaEstablished",
     "ChildSaFailed",
+    "ChildSaOutboundActivated",
+    "ChildSaRekeyed",
+    "ChildState",
     "ConfigLookup",
     "DatagramRoute",
+    "EndpointLimits",
+    "EndpointStats",
     "Event",
     "Identity",
     "IkeConfig",
+    "IkeEndpoint",
     "IkeError",
     "IkeIntegrityError",
     "IkeLocalError",
@@ -75,8 +81,10 @@ __all__ = [
     "IkeSaDeleted",
     "IkeSaEstablished",
     "IkeSaFailed",
+    "IkeSaRekeyed",
     "IkeState",
     "Mode",
+    "PeerAddressChanged",
     "Proposal",
     "RetransmitConfig",
     "Role",

@@ -451,14 +451,19 @@ DEFAULT_CHILD_PROPOSALS: tuple[Proposal, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class RetransmitConfig:
-    """Request retransmission (RFC 7296 2.1): the n-th retransmission is sent
+    """Request retransmission (RFC 7296 2.1, 2.4): the n-th retransmission is sent
     ``timeout * base**(n-1)`` seconds (capped at ``limit``) after the previous send;
-    after ``max_retransmits`` retransmissions and one more wait, the SA gives up."""
+    after ``max_retransmits`` retransmissions and one more wait, the SA gives up.
 
-    timeout: float = 0.5
-    base: float = 2.0
-    max_retransmits: int = 5
-    limit: float | None = None
+    The default keeps trying for about 3.7 minutes (13 sends), as RFC 7296 2.4 asks
+    ("several minutes" before an SA is declared dead); :meth:`give_up_after` says how
+    long a configuration waits in all.
+    """
+
+    timeout: float = 1.0
+    base: float = 1.6
+    max_retransmits: int = 12
+    limit: float | None = 30.0
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.base < 1 or self.max_retransmits < 0:
@@ -473,10 +478,20 @@ class RetransmitConfig:
         value = self.timeout * self.base ** (sends - 1)
         return value if self.limit is None else min(value, self.limit)
 
+    def give_up_after(self) -> float:
+        """Seconds from the first send until the SA gives up on an unanswered request."""
+        return sum(self.delay(n) for n in range(1, self.max_retransmits + 2))
+
 
 @dataclass(frozen=True, slots=True)
 class ChildConfig:
-    """The first CHILD SA, negotiated in IKE_AUTH (RFC 7296 1.2)."""
+    """A CHILD SA of a connection: the first one is negotiated in IKE_AUTH (RFC 7296
+    1.2), further ones with CREATE_CHILD_SA (1.3.1).
+
+    ``proposals`` may hold DH groups: they give perfect forward secrecy to the
+    CHILD SAs made by CREATE_CHILD_SA (new ones and rekeys, RFC 7296 1.3.1); they are
+    left out of IKE_AUTH, which carries no KE payload (RFC 7296 1.2).
+    """
 
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
@@ -485,8 +500,18 @@ class ChildConfig:
     proposals: tuple[Proposal, ...] = DEFAULT_CHILD_PROPOSALS
     #: Hard lifetime in seconds (the kernel deletes the SA then).
     lifetime: float = 3600.0
-    #: Soft lifetime in seconds (rekey time); default 90 % of ``lifetime``.
+    #: When the engine rekeys (seconds after creation); default 90 % of ``lifetime``.
     rekey_time: float | None = None
+    #: Rekeys happen up to this fraction of ``rekey_time`` earlier, at random, so
+    #: that the SAs of a cluster do not all rekey at once and the two peers of a pair
+    #: rarely collide (RFC 7296 2.8.1).
+    jitter: float = 0.1
+    #: Hard limits in bytes / packets (None: none); the kernel signals a soft EXPIRE
+    #: at 90 % and the agent rekeys then.
+    lifetime_bytes: int | None = None
+    lifetime_packets: int | None = None
+    #: Name of this CHILD configuration (the agent maps it to kernel reqids).
+    name: str = ""
 
     def __post_init__(self) -> None:
         if self.protocol not in (ProtocolId.ESP, ProtocolId.AH):
@@ -501,10 +526,28 @@ class ChildConfig:
             raise IkeLocalError("ChildConfig: lifetime must be > 0 seconds")
         if self.rekey_time is not None and not 0 < self.rekey_time <= self.lifetime:
             raise IkeLocalError("ChildConfig: rekey_time must be in (0, lifetime]")
+        if not 0 <= self.jitter < 1:
+            raise IkeLocalError("ChildConfig: jitter must be in [0, 1)")
+        for label, value in (
+            ("lifetime_bytes", self.lifetime_bytes),
+            ("lifetime_packets", self.lifetime_packets),
+        ):
+            if value is not None and value <= 0:
+                raise IkeLocalError(f"ChildConfig: {label} must be > 0 (or None)")
 
     @property
     def soft_lifetime(self) -> float:
+        """The rekey time before jitter."""
         return self.rekey_time if self.rekey_time is not None else self.lifetime * 0.9
+
+    @property
+    def pfs(self) -> bool:
+        """True when CREATE_CHILD_SA exchanges of this child carry a KE payload."""
+        return any(
+            t.type == TransformType.DH and t.id != DhGroup.NONE
+            for p in self.proposals
+            for t in p.transforms
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,8 +568,14 @@ class IkeConfig:
     local_address: str | None = None
     remote_address: str | None = None
     role: Role = Role.EITHER
-    #: IKE SA lifetime in seconds (reported; IKE SA rekeying is not implemented yet).
+    #: IKE SA lifetime in seconds: rekeyed (RFC 7296 2.18) at ``ike_rekey_time``
+    #: (default 90 %, minus up to ``jitter`` of it at random), deleted at the end.
     ike_lifetime: float = 14400.0
+    ike_rekey_time: float | None = None
+    jitter: float = 0.1
+    #: CHILD SAs negotiated with CREATE_CHILD_SA once the IKE SA is up (e.g. the AH
+    #: half of an ESP+AH bundle; RFC 7296 has no bundles, so each is its own SA).
+    extra_children: tuple[ChildConfig, ...] = ()
     retransmit: RetransmitConfig = RetransmitConfig()
     #: A responder that got no IKE_AUTH request this long after IKE_SA_INIT gives up.
     half_open_timeout: float = 30.0
@@ -544,6 +593,8 @@ class IkeConfig:
     #: ``encap = yes``).
     force_encapsulation: bool = False
     nonce_length: int = 32
+    #: Behind a NAT, send a NAT keepalive (RFC 3948 2.3) after this many idle seconds.
+    nat_keepalive: float | None = 20.0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -563,6 +614,14 @@ class IkeConfig:
             raise IkeLocalError(
                 f"IkeConfig {self.name!r}: half_open_timeout and ike_lifetime must be > 0"
             )
+        if self.ike_rekey_time is not None and not 0 < self.ike_rekey_time <= self.ike_lifetime:
+            raise IkeLocalError(
+                f"IkeConfig {self.name!r}: ike_rekey_time must be in (0, ike_lifetime]"
+            )
+        if not 0 <= self.jitter < 1:
+            raise IkeLocalError(f"IkeConfig {self.name!r}: jitter must be in [0, 1)")
+        if self.nat_keepalive is not None and self.nat_keepalive <= 0:
+            raise IkeLocalError(f"IkeConfig {self.name!r}: nat_keepalive must be > 0 (or None)")
         for label, value in (
             ("local_address", self.local_address),
             ("remote_address", self.remote_address),
@@ -574,6 +633,16 @@ class IkeConfig:
                     raise IkeLocalError(
                         f"IkeConfig {self.name!r}: {label} {value!r} is not an IP address"
                     ) from exc
+
+    @property
+    def children(self) -> tuple[ChildConfig, ...]:
+        """Every CHILD configuration: the IKE_AUTH one first."""
+        return (self.child, *self.extra_children)
+
+    @property
+    def ike_soft_lifetime(self) -> float:
+        """When the IKE SA is rekeyed, before jitter."""
+        return self.ike_rekey_time if self.ike_rekey_time is not None else self.ike_lifetime * 0.9
 
 
 def selectors(items: Iterable[str]) -> tuple[TrafficSelector, ...]:

@@ -2,7 +2,10 @@
 
 Past-tense names, frozen slotted dataclasses (DESIGN.md convention 2).  Kernel changes
 leave the engine only as events: the agent installs the SAs of a
-:class:`ChildSaEstablished` and removes those of a :class:`ChildSaDeleted`.
+:class:`ChildSaEstablished`, activates the outbound half of a
+:class:`ChildSaOutboundActivated` and removes those of a :class:`ChildSaDeleted`.
+Algorithms are IANA transform IDs (RFC 7296 3.3.2); the one table that turns them into
+Linux names is :mod:`ipsecd.xfrm.algorithms`.
 
 Key material lives in ``repr=False`` fields and never reaches ``repr``, logs or
 errors (DESIGN.md convention 8).
@@ -19,10 +22,14 @@ __all__ = [
     "ChildSaDeleted",
     "ChildSaEstablished",
     "ChildSaFailed",
+    "ChildSaOutboundActivated",
+    "ChildSaRekeyed",
     "Event",
     "IkeSaDeleted",
     "IkeSaEstablished",
     "IkeSaFailed",
+    "IkeSaRekeyed",
+    "PeerAddressChanged",
 ]
 
 
@@ -59,14 +66,27 @@ class IkeSaEstablished:
 
 
 @dataclass(frozen=True, slots=True)
+class IkeSaRekeyed:
+    """The IKE SA was replaced by a new one (RFC 7296 2.18) that took over its CHILD
+    SAs.  Emitted by the *new* SA; the old one is deleted afterwards (its
+    :class:`IkeSaDeleted` follows, without CHILD SA events)."""
+
+    old_spi_i: bytes
+    old_spi_r: bytes
+    spi_i: bytes
+    spi_r: bytes
+    connection: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ChildSaEstablished:
     """A CHILD SA pair was negotiated; the agent installs it in the kernel.
 
-    Algorithm names are the Linux XFRM ones: for AEAD ciphers ``encryption`` is
-    e.g. ``"rfc4106(gcm(aes))"`` or ``"rfc7539esp(chacha20,poly1305)"`` and the keys
-    include the 4-byte salt (RFC 4106 8.1, RFC 7634 2), ``integrity`` is ``None``;
-    otherwise ``encryption`` is ``"cbc(aes)"`` (``None`` for AH) and ``integrity`` e.g.
-    ``"hmac(sha256)"`` truncated to ``integrity_truncation_bits``.
+    The inbound half must be in the kernel before the engine's next datagram is sent
+    (a responder's answer lets the peer use the SA at once); the outbound half only
+    when ``outbound_active`` (otherwise :class:`ChildSaOutboundActivated` follows: a
+    rekey responder waits for the old SA's Delete before it sends on the new one,
+    RFC 7296 2.8, so that the initiator has installed its inbound half).
     """
 
     #: The parent IKE SA (its SPIs as in :class:`IkeSaEstablished`).
@@ -77,14 +97,13 @@ class ChildSaEstablished:
     #: SPI we chose (peer → us) and the SPI the peer chose (us → peer), host order ints.
     inbound_spi: int
     outbound_spi: int
-    encryption: str | None
-    #: Key length in bits, salt included (e.g. 288 for rfc4106 with AES-256).
-    encryption_key_bits: int
-    integrity: str | None
-    integrity_truncation_bits: int | None
-    #: ICV length in bytes (AEAD tag or truncated HMAC).
-    icv_length: int
-    #: Keys, in: peer → us, out: us → peer (RFC 7296 2.17).
+    #: IANA transform IDs: ENCR (None for AH) with its key length in bits (AES; None
+    #: for ChaCha20), INTEG (None with an AEAD cipher).
+    encr_id: int | None
+    encr_key_bits: int | None
+    integ_id: int | None
+    #: Keys, in: peer → us, out: us → peer (RFC 7296 2.17).  AEAD keys include their
+    #: 4-byte salt.
     inbound_encryption_key: bytes = field(repr=False)
     outbound_encryption_key: bytes = field(repr=False)
     inbound_integrity_key: bytes = field(repr=False)
@@ -102,29 +121,64 @@ class ChildSaEstablished:
     encap_remote_port: int | None
     #: Extended sequence numbers negotiated.
     esn: bool
-    #: Hard and soft lifetimes in seconds.
+    #: Hard lifetime in seconds (the kernel deletes the SA then); ``soft_lifetime``
+    #: is a backstop for the kernel's soft EXPIRE, later than the engine's own rekey.
     lifetime: float
     soft_lifetime: float
     #: Which transform proposal was chosen, readable ("AES_GCM_16_256-NO_ESN").
     proposal: str
     connection: str = ""
+    #: Name of the CHILD configuration (``ChildConfig.name``).
+    child: str = ""
+    outbound_active: bool = True
+    #: Inbound SPI of the CHILD SA this one replaces (a rekey), else None.
+    rekey_of: int | None = None
+    #: DH group of a PFS exchange (CREATE_CHILD_SA with KE), else None.
+    pfs_group: int | None = None
+    #: Byte and packet limits (hard; None = none) for the kernel.
+    lifetime_bytes: int | None = None
+    lifetime_packets: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaOutboundActivated:
+    """The outbound half of a CHILD SA may now carry traffic (rekey responder, after
+    the initiator deleted the old SA)."""
+
+    inbound_spi: int
+    outbound_spi: int
+    connection: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaRekeyed:
+    """A CHILD SA was replaced by a new one (its :class:`ChildSaEstablished` came
+    first); the old one's :class:`ChildSaDeleted` follows once it is deleted."""
+
+    old_inbound_spi: int
+    old_outbound_spi: int
+    inbound_spi: int
+    outbound_spi: int
+    connection: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ChildSaFailed:
-    """The CHILD SA of IKE_AUTH was not created; the IKE SA itself stays up
-    (RFC 7296 1.2, 2.21.3)."""
+    """A CHILD SA was not created (IKE_AUTH's, a CREATE_CHILD_SA, or a rekey that
+    finally failed); the IKE SA itself stays up (RFC 7296 1.2, 2.21.3)."""
 
     reason: str
     #: The Notify Message Type reported (or sent), e.g. TS_UNACCEPTABLE (38).
     notify: int | None
     connection: str = ""
+    child: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ChildSaDeleted:
     """A CHILD SA pair is gone (INFORMATIONAL Delete from either side, RFC 7296 1.4.1,
-    or its IKE SA died); the agent removes it from the kernel."""
+    its IKE SA died, or it was replaced); the agent removes it from the kernel: the
+    outbound half at once, the inbound half after a short grace (packets in flight)."""
 
     protocol: ProtocolId
     inbound_spi: int
@@ -133,6 +187,8 @@ class ChildSaDeleted:
     by_peer: bool
     reason: str
     connection: str = ""
+    #: True when a rekeyed SA replaced it (traffic goes on over the new one).
+    replaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +199,8 @@ class IkeSaDeleted:
     spi_r: bytes
     by_peer: bool
     connection: str = ""
+    #: True when the IKE SA had been replaced by a rekeyed one.
+    rekeyed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +214,26 @@ class IkeSaFailed:
     connection: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PeerAddressChanged:
+    """The peer's address or port changed behind a NAT (RFC 7296 2.23: an
+    authenticated message came from elsewhere, or the kernel reported a new ESP-in-UDP
+    mapping); the agent updates the encapsulation of the installed CHILD SAs."""
+
+    old_addr: tuple[str, int]
+    new_addr: tuple[str, int]
+    connection: str = ""
+
+
 Event = (
     IkeSaEstablished
+    | IkeSaRekeyed
     | ChildSaEstablished
+    | ChildSaOutboundActivated
+    | ChildSaRekeyed
     | ChildSaFailed
     | ChildSaDeleted
     | IkeSaDeleted
     | IkeSaFailed
+    | PeerAddressChanged
 )

@@ -1,9 +1,9 @@
 """Our IKE driver against strongSwan charon on the host: handshakes only.
 
 charon runs with kernel-libipsec (userspace ESP) because the host kernel has no ESP;
-our driver runs with SA installation off.  charon then fakes NAT detection, so every
-IKE_AUTH here travels over port 4500 with the non-ESP marker and the CHILD SAs are
-UDP-encapsulated; libipsec only does tunnel mode (transport is refused with
+our driver installs nothing in the kernel (the agent would).  charon then fakes NAT
+detection, so every IKE_AUTH here travels over port 4500 with the non-ESP marker and
+the CHILD SAs are UDP-encapsulated; libipsec only does tunnel mode (transport is refused with
 NO_PROPOSAL_CHOSEN), so all cases are tunnel mode.  Transport mode and traffic are
 covered in the kernel lab (tests/kernel/test_ike_charon.py).
 
@@ -20,7 +20,7 @@ import pytest
 
 from agent.ike_driver import IkeDriver
 from ipsecd.ike.config import RetransmitConfig
-from ipsecd.ike.constants import NotifyType
+from ipsecd.ike.constants import EncrId, NotifyType
 from ipsecd.ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -34,10 +34,11 @@ from tests.support.charon import CharonError, Child, Conn, engine_config_for, ex
 
 PSK = "interop-psk-0123456789abcdef"
 FAST = RetransmitConfig(timeout=0.5, base=1.5, max_retransmits=3)
-XFRM_NAMES = {
-    "aes256gcm16": "rfc4106(gcm(aes))",
-    "aes256-sha256": "cbc(aes)",
-    "chacha20poly1305": "rfc7539esp(chacha20,poly1305)",
+#: The ESP cipher charon agreed on, as the IANA ID our events carry.
+ENCR_IDS = {
+    "aes256gcm16": EncrId.AES_GCM_16,
+    "aes256-sha256": EncrId.AES_CBC,
+    "chacha20poly1305": EncrId.CHACHA20_POLY1305,
 }
 PROPOSALS = [
     pytest.param("aes256gcm16-prfsha384-ecp384", "aes256gcm16", id="gcm256-ecp384"),
@@ -82,7 +83,7 @@ def check_agreement(
     assert ch["spi-out"] == f"{child.inbound_spi:08x}"
     want_c = expected_charon_algs(esp, ike=False)
     assert {k: ch.get(k) for k in want_c} == want_c
-    assert child.encryption == XFRM_NAMES[esp]
+    assert child.encr_id == ENCR_IDS[esp]
     assert ch["local-ts"] == [CHARON_INNER] and ch["remote-ts"] == [OURS_INNER]
     assert [str(t) for t in child.local_ts] == [OURS_INNER]
     assert [str(t) for t in child.remote_ts] == [CHARON_INNER]
@@ -98,7 +99,7 @@ async def test_our_initiator_charon_responder(peer: Peer, ike: str, esp: str) ->
     conn = charon_conn(ike, esp)
     peer.charon.load([conn])
     cfg = engine_config_for(conn, retransmit=FAST)
-    async with IkeDriver([cfg], netns=peer.ours.name, install=False) as drv:
+    async with IkeDriver([cfg], netns=peer.ours.name) as drv:
         drv.initiate(cfg.name)
         ike_ev = await drv.wait_for(IkeSaEstablished, timeout=15)
         child = await drv.wait_for(ChildSaEstablished, timeout=5)
@@ -112,7 +113,7 @@ async def test_charon_initiator_our_responder(peer: Peer, ike: str, esp: str) ->
     conn = charon_conn(ike, esp)
     peer.charon.load([conn])
     cfg = engine_config_for(conn, retransmit=FAST)
-    async with IkeDriver([cfg], netns=peer.ours.name, install=False) as drv:
+    async with IkeDriver([cfg], netns=peer.ours.name) as drv:
         await asyncio.to_thread(peer.charon.initiate, "child", ike="interop", timeout=15)
         ike_ev = await drv.wait_for(IkeSaEstablished, timeout=5)
         child = await drv.wait_for(ChildSaEstablished, timeout=5)
@@ -180,7 +181,7 @@ async def test_ipv6_our_initiator_charon_responder(peer: Peer) -> None:
     (ch,) = sa["child-sas"].values()
     assert ch["spi-in"] == f"{ev.outbound_spi:08x}" and ch["spi-out"] == f"{ev.inbound_spi:08x}"
     assert ch["local-ts"] == ["fd00:2::1/128"] and ch["remote-ts"] == ["fd00:1::1/128"]
-    assert ev.local_address == "fd00::1" and ev.encryption == "rfc4106(gcm(aes))"
+    assert ev.local_address == "fd00::1" and ev.encr_id == EncrId.AES_GCM_16
 
 
 @run_async(60)

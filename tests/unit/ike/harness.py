@@ -27,8 +27,9 @@ from ipsecd.ike.config import (
     parse_ike_proposal,
 )
 from ipsecd.ike.constants import ProtocolId
-from ipsecd.ike.engine import IkeSa, SpiAllocator, cookie_challenge
 from ipsecd.ike.events import Event
+from ipsecd.ike.negotiate import cookie_challenge
+from ipsecd.ike.sa import IkeSa, SpiAllocator
 from ipsecd.ike.states import END_STATES
 
 Addr = tuple[str, int]

@@ -17,8 +17,16 @@ from ipsecd.ike import (
     Mode,
 )
 from ipsecd.ike.codec import parse_message
-from ipsecd.ike.constants import DhGroup, ExchangeType, IdType, NotifyType, ProtocolId
-from ipsecd.ike.engine import narrow_selectors, select_proposal
+from ipsecd.ike.constants import (
+    DhGroup,
+    EncrId,
+    ExchangeType,
+    IdType,
+    IntegId,
+    NotifyType,
+    ProtocolId,
+)
+from ipsecd.ike.negotiate import narrow_selectors, select_proposal
 
 from .harness import Harness, events_of, make_configs, ts
 
@@ -76,15 +84,18 @@ def test_handshake_establishes_both_sides() -> None:
     a, b = child_pair(h)
     assert_keys_agree(a, b)
     assert a.mode == Mode.TUNNEL and a.protocol == ProtocolId.ESP
-    assert a.encryption == "rfc4106(gcm(aes))" and a.encryption_key_bits == 288
-    assert a.icv_length == 16 and a.integrity is None
+    assert a.encr_id == EncrId.AES_GCM_16 and a.encr_key_bits == 256
+    assert len(a.inbound_encryption_key) == 36 and a.integ_id is None
     assert (a.local_address, a.remote_address) == ("192.0.2.1", "198.51.100.1")
     assert a.local_ts == ts("10.1.0.0/16") and a.remote_ts == ts("10.2.0.0/16")
     assert b.local_ts == a.remote_ts and b.remote_ts == a.local_ts
     assert not a.encapsulation and a.encap_local_port is None
-    # the only timer left is the IKE SA lifetime (no rekeying yet: deleted then)
-    assert h.initiator.get_timer() == pytest.approx(h.now - 0.01 + ei.lifetime)
-    assert r.get_timer() == pytest.approx(h.now - 0.02 + er.lifetime)
+    # the next timer is the first rekey: the CHILD SA's, at 90 % of its lifetime minus
+    # up to 10 % of jitter (the IKE SA's comes later, its lifetime is longer)
+    child_rekey = 0.9 * 3600.0
+    for sa in (h.initiator, r):
+        t = sa.get_timer()
+        assert t is not None and h.now + 0.9 * child_rekey - 1 <= t <= h.now + child_rekey
 
 
 IKE_CIPHERS = [
@@ -118,50 +129,50 @@ def test_every_ike_transform_combination(encr: str, mac: str, dh: str) -> None:
     assert_keys_agree(*child_pair(h))
 
 
+E, In = EncrId, IntegId
 ESP_CASES = [
-    # proposal, XFRM encryption, key bits (salt included), XFRM integrity, trunc, ICV
-    ("aes128-sha256", "cbc(aes)", 128, "hmac(sha256)", 128, 16),
-    ("aes256-sha256", "cbc(aes)", 256, "hmac(sha256)", 128, 16),
-    ("aes256-sha384", "cbc(aes)", 256, "hmac(sha384)", 192, 24),
-    ("aes256-sha512", "cbc(aes)", 256, "hmac(sha512)", 256, 32),
-    ("aes128gcm16", "rfc4106(gcm(aes))", 160, None, None, 16),
-    ("aes192gcm16", "rfc4106(gcm(aes))", 224, None, None, 16),
-    ("aes256gcm16", "rfc4106(gcm(aes))", 288, None, None, 16),
-    ("chacha20poly1305", "rfc7539esp(chacha20,poly1305)", 288, None, None, 16),
-    ("aes256gcm16-esn", "rfc4106(gcm(aes))", 288, None, None, 16),
+    # proposal, IANA ENCR ID, AES key bits, key bytes (salt included), IANA INTEG ID,
+    # integrity key bytes
+    ("aes128-sha256", E.AES_CBC, 128, 16, In.HMAC_SHA2_256_128, 32),
+    ("aes256-sha256", E.AES_CBC, 256, 32, In.HMAC_SHA2_256_128, 32),
+    ("aes256-sha384", E.AES_CBC, 256, 32, In.HMAC_SHA2_384_192, 48),
+    ("aes256-sha512", E.AES_CBC, 256, 32, In.HMAC_SHA2_512_256, 64),
+    ("aes128gcm16", E.AES_GCM_16, 128, 20, None, 0),
+    ("aes192gcm16", E.AES_GCM_16, 192, 28, None, 0),
+    ("aes256gcm16", E.AES_GCM_16, 256, 36, None, 0),
+    ("chacha20poly1305", E.CHACHA20_POLY1305, None, 36, None, 0),
+    ("aes256gcm16-esn", E.AES_GCM_16, 256, 36, None, 0),
 ]
 
 
 @pytest.mark.parametrize("mode", [Mode.TRANSPORT, Mode.TUNNEL])
-@pytest.mark.parametrize(("esp", "xenc", "bits", "xinteg", "trunc", "icv"), ESP_CASES)
+@pytest.mark.parametrize(("esp", "encr", "bits", "key_len", "integ", "integ_len"), ESP_CASES)
 def test_every_esp_transform_combination(
-    esp: str, xenc: str, bits: int, xinteg: str | None, trunc: int | None, icv: int, mode: Mode
-) -> None:
+    esp: str, encr: int, bits: int | None, key_len: int, integ: int | None, integ_len: int,
+    mode: Mode,
+) -> None:  # fmt: skip
     h = establish(esp=(esp,), mode=mode, ike=("aes128gcm16-prfsha256-curve25519",))
     a, b = child_pair(h)
     assert_keys_agree(a, b)
     for ev in (a, b):
         assert ev.mode == mode and ev.protocol == ProtocolId.ESP
-        assert ev.encryption == xenc and ev.encryption_key_bits == bits
-        assert len(ev.inbound_encryption_key) * 8 == bits
-        assert ev.integrity == xinteg and ev.integrity_truncation_bits == trunc
-        assert ev.icv_length == icv
+        assert ev.encr_id == encr and ev.encr_key_bits == bits
+        assert len(ev.inbound_encryption_key) == key_len == len(ev.outbound_encryption_key)
+        assert ev.integ_id == integ
+        assert len(ev.inbound_integrity_key) == integ_len == len(ev.outbound_integrity_key)
         assert ev.esn == esp.endswith("-esn")
-        if xinteg is None:
-            assert ev.inbound_integrity_key == b"" == ev.outbound_integrity_key
-        else:
-            assert len(ev.inbound_integrity_key) == {128: 32, 192: 48, 256: 64}[trunc or 0]
 
 
-@pytest.mark.parametrize(("ah", "xinteg"), [("sha256", "hmac(sha256)"), ("sha512", "hmac(sha512)")])
+@pytest.mark.parametrize(("ah", "integ"), [("sha256", In.HMAC_SHA2_256_128),
+                                           ("sha512", In.HMAC_SHA2_512_256)])  # fmt: skip
 @pytest.mark.parametrize("mode", [Mode.TRANSPORT, Mode.TUNNEL])
-def test_ah_child_sa(ah: str, xinteg: str, mode: Mode) -> None:
+def test_ah_child_sa(ah: str, integ: int, mode: Mode) -> None:
     h = establish(esp=(ah,), protocol=ProtocolId.AH, mode=mode)
     a, b = child_pair(h)
     assert_keys_agree(a, b)
     assert a.protocol == b.protocol == ProtocolId.AH
-    assert a.encryption is None and a.inbound_encryption_key == b""
-    assert a.integrity == xinteg and a.mode == mode
+    assert a.encr_id is None and a.inbound_encryption_key == b""
+    assert a.integ_id == integ and a.mode == mode
 
 
 @pytest.mark.parametrize(
@@ -323,7 +334,7 @@ def test_esp_offered_to_ah_responder() -> None:
 def test_select_proposal_prefers_ours_and_skips_unknown_types() -> None:
     from ipsecd.ike import codec
     from ipsecd.ike.config import parse_ike_proposal
-    from ipsecd.ike.engine import _wire_proposals
+    from ipsecd.ike.negotiate import wire_proposals as _wire_proposals
 
     theirs = list(
         _wire_proposals(
@@ -339,11 +350,11 @@ def test_select_proposal_prefers_ours_and_skips_unknown_types() -> None:
         parse_ike_proposal("aes256gcm16-prfsha384-ecp384"),
         parse_ike_proposal("aes128-sha256-modp2048"),
     ]
-    got = select_proposal(theirs, ours, ProtocolId.IKE)
+    got = select_proposal(theirs, ours, ProtocolId.IKE, with_dh=True)
     assert got is not None and got[0].num == 2
     # an unknown transform type (99) makes a proposal unacceptable (RFC 7296 3.3.6)
     odd = codec.Proposal(2, ProtocolId.IKE, b"", (*theirs[1].transforms, codec.Transform(99, 1)))
-    got = select_proposal([theirs[0], odd], ours, ProtocolId.IKE)
+    got = select_proposal([theirs[0], odd], ours, ProtocolId.IKE, with_dh=True)
     assert got is not None and got[0].num == 1
     # forbidden algorithms are never accepted (RFC 8247)
     weak = codec.Proposal(
@@ -357,12 +368,12 @@ def test_select_proposal_prefers_ours_and_skips_unknown_types() -> None:
             codec.Transform.make(4, 2),  # MODP-1024
         ),
     )
-    assert select_proposal([weak], ours, ProtocolId.IKE) is None
+    assert select_proposal([weak], ours, ProtocolId.IKE, with_dh=True) is None
     # a type offered only with forbidden algorithms does not silently disappear
     gcm_sha1 = codec.Proposal(
         1, ProtocolId.IKE, b"", (*theirs[1].transforms, codec.Transform.make(3, 2))
     )
-    assert select_proposal([gcm_sha1], ours, ProtocolId.IKE) is None
+    assert select_proposal([gcm_sha1], ours, ProtocolId.IKE, with_dh=True) is None
 
 
 def test_spi_allocator_supplies_inbound_spis() -> None:

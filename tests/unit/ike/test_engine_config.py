@@ -168,7 +168,10 @@ def test_child_config_validation() -> None:
 
 def test_retransmit_config() -> None:
     cfg = RetransmitConfig()
-    assert [cfg.delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert [round(cfg.delay(n), 2) for n in (1, 2, 3)] == [1.0, 1.6, 2.56]
+    assert cfg.delay(20) == 30.0  # capped
+    # RFC 7296 2.4: "several minutes" and a dozen or so tries before giving up
+    assert 180 <= cfg.give_up_after() <= 300 and cfg.max_retransmits >= 10
     with pytest.raises(IkeLocalError, match="timeout > 0"):
         RetransmitConfig(timeout=0)
     with pytest.raises(IkeLocalError, match="limit"):

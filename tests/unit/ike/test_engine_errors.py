@@ -29,8 +29,16 @@ from ipsecd.ike.codec import (
 )
 from ipsecd.ike.config import parse_ike_proposal
 from ipsecd.ike.constants import ExchangeType, HeaderFlag, NotifyType, ProtocolId
-from ipsecd.ike.engine import _wire_proposals
-from ipsecd.ike.states import END_STATES, TRANSITIONS
+from ipsecd.ike.negotiate import wire_proposals as _wire_proposals
+from ipsecd.ike.states import (
+    CHILD_END_STATES,
+    CHILD_TRANSITIONS,
+    END_STATES,
+    TRANSITIONS,
+    ChildState,
+    IkeTrigger,
+    next_state,
+)
 
 from .harness import I_ADDR, R_ADDR, Harness, events_of, make_configs
 
@@ -135,15 +143,19 @@ def test_acceptable_ke_group_spares_the_retry() -> None:
 
 
 def test_short_nonce_for_the_prf_is_refused() -> None:
-    """RFC 7296 2.10: a nonce must be at least half the PRF key size (32 for SHA-512)."""
+    """RFC 7296 2.10: a nonce must be at least half the PRF key size (32 for SHA-512).
+    The refusal is not answered: INVALID_SYNTAX goes only into an encrypted answer
+    (RFC 7296 3.10.1), so the initiator times out."""
     ci, cr = make_configs(ike=("aes256gcm16-prfsha512-ecp256",))
     fields = {n: getattr(ci, n) for n in ci.__dataclass_fields__}
     short = type(ci)(**{**fields, "nonce_length": 16})
     h = Harness(short, [cr])
     h.start()
-    h.run()
-    assert events_of(h.events_i, IkeSaFailed)[0].notify == NotifyType.INVALID_SYNTAX
+    h.run(max_steps=5000)
     assert "nonce" in events_of(h.events_r, IkeSaFailed)[0].reason
+    assert events_of(h.events_i, IkeSaFailed)[0].notify is None
+    answers = [p for p in h.wire if p.sender == "r"]
+    assert answers == []
 
 
 def test_invalid_ke_for_group_we_never_offered_fails() -> None:
@@ -161,7 +173,19 @@ def test_invalid_ke_for_group_we_never_offered_fails() -> None:
         (NotifyPayload(NotifyType.INVALID_KE_PAYLOAD, (14).to_bytes(2, "big")),),
     )
     sa.receive_datagram(build_message(reply), R_ADDR, 0.1)
+    # RFC 7296 2.21.1: unauthenticated, so wait for a genuine answer for one more
+    # retransmission, then give up with the reason seen
+    assert sa.state == IkeState.EXPECT_SA_INIT_RESPONSE
+    timer = sa.get_timer()
+    assert timer is not None and timer <= 0.0 + ci.retransmit.delay(1)
+    sa.handle_timer(timer)
+    assert len(sa.datagrams_to_send(timer)) == 1  # the one retransmission
+    assert sa.state == IkeState.EXPECT_SA_INIT_RESPONSE
+    later = sa.get_timer()
+    assert later is not None
+    sa.handle_timer(later)
     assert sa.state == IkeState.FAILED
+    assert sa.datagrams_to_send(later) == []
     ev = sa.next_event()
     assert isinstance(ev, IkeSaFailed) and ev.notify == NotifyType.INVALID_KE_PAYLOAD
 
@@ -199,24 +223,22 @@ def test_accept_drops_what_is_not_an_initial_request() -> None:
     assert IkeSa.accept(lookup_by_address([]), _sa_init_request(), R_ADDR, I_ADDR, 0.0) is None
 
 
-def test_invalid_ke_value_is_answered_invalid_syntax() -> None:
-    """An off-curve ECP point: the request is refused in clear (RFC 7296 2.21.1)."""
+def test_invalid_ke_value_is_dropped_not_answered_in_clear() -> None:
+    """An off-curve ECP point: refused, but INVALID_SYNTAX is never sent in clear
+    (RFC 7296 3.10.1: only inside an authenticated, encrypted answer)."""
     _, cr = make_configs()
     sa = IkeSa.accept(lookup_by_address([cr]), _sa_init_request(), R_ADDR, I_ADDR, 0.0)
     assert sa is not None and sa.state == IkeState.FAILED
-    ((reply, addr),) = sa.datagrams_to_send(0.0)
-    assert addr == I_ADDR
-    assert parse_message(reply).notifies(NotifyType.INVALID_SYNTAX)
-    assert sa.internal_errors == 0
+    assert sa.datagrams_to_send(0.0) == []
+    assert sa.internal_errors == 0 and sa.peer_errors == 1
 
 
-def test_missing_payloads_are_answered_invalid_syntax() -> None:
+def test_missing_payloads_are_dropped_not_answered_in_clear() -> None:
     _, cr = make_configs()
     req = _sa_init_request(payloads=(NoncePayload(b"n" * 32),))
     sa = IkeSa.accept(lookup_by_address([cr]), req, R_ADDR, I_ADDR, 0.0)
     assert sa is not None and sa.state == IkeState.FAILED
-    ((reply, _),) = sa.datagrams_to_send(0.0)
-    assert parse_message(reply).notifies(NotifyType.INVALID_SYNTAX)
+    assert sa.datagrams_to_send(0.0) == []
 
 
 def test_lookup_by_address_filters_role_and_addresses() -> None:
@@ -285,12 +307,18 @@ def test_failure_events_construct_positionally() -> None:
 
 
 def test_transition_table_is_consistent() -> None:
-    for state in IkeState:
-        assert state in TRANSITIONS
-    for end in END_STATES:
-        assert TRANSITIONS[end] == frozenset()
+    """One table: every state is reachable from INITIAL, nothing leaves an end state,
+    every other state can fail, and unknown (state, trigger) pairs are refused."""
+    sources = {src for src, _ in TRANSITIONS}
+    targets = set(TRANSITIONS.values())
+    assert set(IkeState) - {IkeState.INITIAL} <= targets
+    assert not (sources & END_STATES)
     for state in set(IkeState) - END_STATES:
-        assert IkeState.FAILED in TRANSITIONS[state]
+        assert TRANSITIONS[(state, IkeTrigger.FAILED)] == IkeState.FAILED
+    with pytest.raises(IkeLocalError, match="not allowed"):
+        next_state(IkeState.DELETED, IkeTrigger.AUTHENTICATED)
+    for (src, _trigger), dst in CHILD_TRANSITIONS.items():
+        assert src not in CHILD_END_STATES and dst in ChildState
 
 
 def test_transitions_are_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -348,7 +376,7 @@ def _forge(sender: IkeSa, exchange: int, message_id: int, inner: list) -> bytes:
 
     flags = HeaderFlag.INITIATOR if sender.initiator else HeaderFlag.NONE
     msg = Message(sender.spi_i, sender.spi_r, exchange, int(flags), message_id)
-    return codec.encrypt_sk(msg, inner, sender._keys.out_cipher)  # type: ignore[union-attr]
+    return codec.encrypt_sk(msg, inner, sender.keys.out_cipher)  # type: ignore[union-attr]
 
 
 def _answer(h: Harness, receiver: IkeSa) -> list:  # type: ignore[type-arg]
@@ -358,7 +386,7 @@ def _answer(h: Harness, receiver: IkeSa) -> list:  # type: ignore[type-arg]
     assert len(out) == 1
     data = out[0][0]
     sender = h.initiator if receiver is not h.initiator else h.responder
-    return list(decrypt_sk(data, parse_message(data), sender._keys.in_cipher))  # type: ignore[union-attr]
+    return list(decrypt_sk(data, parse_message(data), sender.keys.in_cipher))  # type: ignore[union-attr]
 
 
 def test_protocol_error_in_authentic_request_is_answered_with_its_notify() -> None:
@@ -442,7 +470,6 @@ def test_error_boundary_handles_every_error_type(
     from ipsecd.ike.errors import (
         IkeError,
         IkeLocalError,
-        IkeParseError,
         IkePeerError,
         IkeProtocolError,
     )
@@ -476,8 +503,7 @@ def test_error_boundary_handles_every_error_type(
         sent = r.datagrams_to_send(h.now)
         internal = not issubclass(cls, IkeError) or issubclass(cls, IkeLocalError)
         assert r.internal_errors == (1 if internal else 0), cls
-        answered = (
-            answering and issubclass(cls, IkeProtocolError) and not issubclass(cls, IkeParseError)
-        )
+        # RFC 7296 3.10.1: once authenticated, a syntax error is answered INVALID_SYNTAX
+        answered = answering and issubclass(cls, IkeProtocolError)
         assert len(sent) == (1 if answered else 0), cls
         assert r._answering is None

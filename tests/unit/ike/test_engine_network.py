@@ -11,7 +11,7 @@ import pytest
 from ipsecd.ike import ChildSaEstablished, IkeSaEstablished, IkeSaFailed, IkeState, RetransmitConfig
 from ipsecd.ike.codec import parse_message
 from ipsecd.ike.constants import ExchangeType, NotifyType
-from ipsecd.ike.engine import NON_ESP_MARKER, nat_hash
+from ipsecd.ike.negotiate import NON_ESP_MARKER, nat_hash
 
 from .harness import NAT_PUBLIC_IP, Harness, Network, Packet, events_of, make_configs
 
@@ -112,13 +112,16 @@ def test_retransmission_exhaustion_fails_with_backoff() -> None:
     h.run()
     assert h.initiator.state == IkeState.FAILED
     (failed,) = events_of(h.events_i, IkeSaFailed)
-    assert failed.notify is None and "5 retransmissions" in failed.reason
+    rt = ci.retransmit
+    assert failed.notify is None and f"{rt.max_retransmits} retransmissions" in failed.reason
     sent = [p for p in h.wire if p.sender == "i"]
-    assert len(sent) == 6 and len({p.data for p in sent}) == 1
-    # exponential backoff 0.5, 1, 2, 4, 8 s between sends, then 16 s before giving up
+    assert len(sent) == 1 + rt.max_retransmits and len({p.data for p in sent}) == 1
+    # RFC 7296 2.4: exponential backoff (1 s x 1.6^n, capped at 30 s), several minutes
     gaps = [round(b.deliver_at - a.deliver_at, 6) for a, b in itertools.pairwise(sent)]
-    assert gaps == [0.5, 1.0, 2.0, 4.0, 8.0]
-    assert h.now == pytest.approx(start + 0.5 + 1 + 2 + 4 + 8 + 16)
+    assert gaps == [round(rt.delay(n), 6) for n in range(1, len(sent))]
+    assert gaps[:3] == [1.0, 1.6, 2.56] and gaps[-1] == 30.0
+    assert h.now == pytest.approx(start + rt.give_up_after())
+    assert h.now - start > 180
     assert h.initiator.get_timer() is None
 
 
@@ -285,7 +288,7 @@ def test_responder_cookie_round_trip() -> None:
 
 def test_cookie_challenge_checks_secret_address_and_rotation() -> None:
     from ipsecd.ike.codec import NotifyPayload, build_message
-    from ipsecd.ike.engine import cookie_challenge
+    from ipsecd.ike.negotiate import cookie_challenge
 
     ci, cr = make_configs()
     h = Harness(ci, [cr])

@@ -7,6 +7,8 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable
 
+import pytest
+
 from ipsecd.ike import (
     ChildSaEstablished,
     ChildSaFailed,
@@ -29,7 +31,7 @@ from ipsecd.ike.codec import (
     parse_message,
 )
 from ipsecd.ike.constants import ExchangeType, NotifyType
-from ipsecd.ike.engine import NON_ESP_MARKER
+from ipsecd.ike.negotiate import NON_ESP_MARKER
 
 from .harness import I_ADDR, R_ADDR, Harness, Network, Packet, events_of, make_configs
 
@@ -56,8 +58,8 @@ def tamper(h: Harness, *, sender: str, exchange: int, edit: Edit, times: int = 1
             new = dataclasses.replace(msg, payloads=tuple(edit(list(msg.payloads))))
             return marker + codec.build_message(new)
         sa = h.initiator if sender == "i" else h.responder
-        assert sa is not None and sa._keys is not None
-        cipher = sa._keys.out_cipher
+        assert sa is not None and sa.keys is not None
+        cipher = sa.keys.out_cipher
         inner = codec.decrypt_sk(body, msg, cipher)
         bare = Message(msg.spi_i, msg.spi_r, msg.exchange_type, msg.flags, msg.message_id)
         return marker + codec.encrypt_sk(bare, edit(list(inner)), cipher)
@@ -161,7 +163,11 @@ def test_response_with_two_proposals_is_dropped() -> None:
     assert h.initiator.established
 
 
-def test_response_choosing_what_we_never_offered_fails() -> None:
+@pytest.mark.parametrize("times", [1, 99])
+def test_response_choosing_what_we_never_offered(times: int) -> None:
+    """RFC 7296 2.21.1: an unauthenticated answer could be forged: one bad answer is
+    followed by a retransmission, whose genuine answer wins; answers that stay bad
+    fail the SA with the reason seen."""
     h = harness()
 
     def other_cipher(p: Payload) -> Payload:
@@ -178,20 +184,33 @@ def test_response_choosing_what_we_never_offered_fails() -> None:
         sender="r",
         exchange=ExchangeType.IKE_SA_INIT,
         edit=replace_payload(SaPayload, other_cipher),
+        times=times,
     )
-    run(h)
+    h.start()
+    h.run(max_steps=5000)
+    if times == 1:
+        assert h.initiator.established
+        return
     assert h.initiator.state == IkeState.FAILED
     assert events_of(h.events_i, IkeSaFailed)[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
+    # one retransmission after the bad answer, no more
+    assert len([p for p in h.wire if p.sender == "i"]) == 2
 
 
-def test_response_ke_group_mismatch_fails() -> None:
+@pytest.mark.parametrize("times", [1, 99])
+def test_response_ke_group_mismatch(times: int) -> None:
     h = harness(ike=("aes256gcm16-prfsha384-ecp384-ecp256",))
 
     def ke256(p: Payload) -> Payload:
         return KePayload(19, b"\x01" * 64)
 
-    tamper(h, sender="r", exchange=ExchangeType.IKE_SA_INIT, edit=replace_payload(KePayload, ke256))
-    run(h)
+    tamper(h, sender="r", exchange=ExchangeType.IKE_SA_INIT, edit=replace_payload(KePayload, ke256),
+           times=times)  # fmt: skip
+    h.start()
+    h.run(max_steps=5000)
+    if times == 1:
+        assert h.initiator.established
+        return
     assert h.initiator.state == IkeState.FAILED
     assert "DH group" in events_of(h.events_i, IkeSaFailed)[0].reason
 

@@ -24,8 +24,9 @@ from ipsecd.ike import (
     route_datagram,
 )
 from ipsecd.ike.constants import ExchangeType, HeaderFlag, NotifyType
-from ipsecd.ike.engine import NON_ESP_MARKER
+from ipsecd.ike.negotiate import NON_ESP_MARKER
 from ipsecd.ike.states import END_STATES, is_allowed
+from ipsecd.ike.tasks import ike_auth
 
 from .harness import I_ADDR, R_ADDR, Harness, make_configs
 
@@ -264,7 +265,7 @@ def _forge(
 ) -> bytes:
     flags = HeaderFlag.INITIATOR if sender.initiator else HeaderFlag.NONE
     msg = codec.Message(sender.spi_i, sender.spi_r, exchange, int(flags), message_id)
-    data = codec.encrypt_sk(msg, inner, sender._keys.out_cipher)  # type: ignore[union-attr]
+    data = codec.encrypt_sk(msg, inner, sender.keys.out_cipher)  # type: ignore[union-attr]
     return (NON_ESP_MARKER + data) if sender.local_addr[1] == 4500 else data
 
 
@@ -284,7 +285,7 @@ def test_authentic_requests_with_hostile_payloads(
     assert r is not None
     sender, receiver = (h.initiator, r) if from_initiator else (r, h.initiator)
     before = {"i": h.initiator.state, "r": r.state}
-    message_id = sender._next_id  # the receiver's next expected request
+    message_id = receiver._cache.expected  # the receiver's next expected request
     h.inject(_forge(h, sender, exchange, message_id, inner), to="r" if from_initiator else "i")
     assert receiver.internal_errors == 0
     _check_and_settle(h, before)
@@ -311,8 +312,8 @@ def test_authentic_ike_auth_requests_with_hostile_payloads(
     if authenticate:
         ini = h.initiator
         idi = codec.IdiPayload(ini.config.local_id.type, ini.config.local_id.data)
-        octets = ini._auth_octets(True, codec.payload_body(idi))
-        auth = codec.AuthPayload(2, ini._psk_auth(ini.config.psk, octets))
+        octets = ike_auth._octets(ini, True, codec.payload_body(idi))
+        auth = codec.AuthPayload(2, ike_auth._psk_auth(ini, ini.config.psk, octets))
         inner = [idi, auth, *inner]
     before = {"i": h.initiator.state, "r": r.state}
     h.inject(_forge(h, h.initiator, ExchangeType.IKE_AUTH, 1, inner), to="r")
