@@ -47,7 +47,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ipsecd import spd, xfrm
-from ipsecd.spd.algorithms import ENC, xfrm_name
+from ipsecd.spd.algorithms import ENC
 from ipsecd.spd.compiler import PRIORITY_DEFAULT
 from ipsecd.spd.secrets import KeyMaterial, Secret, SecretRef
 from ipsecd.xfrm.netns import Netns
@@ -198,11 +198,16 @@ def _mode(m: spd.Mode) -> xfrm.Mode:
 
 class _Mapper:
     def __init__(
-        self, cfg: spd.NodeConfig, secrets: Mapping[str, bytes], ownership: xfrm.Ownership
+        self,
+        cfg: spd.NodeConfig,
+        secrets: Mapping[str, bytes],
+        ownership: xfrm.Ownership,
+        reqids: Mapping[int, int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.secrets = secrets
         self.own = ownership
+        self.reqids = reqids or {}
         self.notes: list[str] = []
         self.next_auto_reqid = ownership.reqid_max
 
@@ -214,7 +219,7 @@ class _Mapper:
             reqid = self.next_auto_reqid  # plain "unique": a reqid of its own
             self.next_auto_reqid -= 1
         else:
-            reqid = kernel_reqid(t.reqid, self.own) if t.reqid else 0
+            reqid = self.reqids.get(t.reqid) or (kernel_reqid(t.reqid, self.own) if t.reqid else 0)
         if t.src_port or t.dst_port:
             self.notes.append(
                 f"{origin}: template endpoint ports [{t.src_port}]-[{t.dst_port}] have no "
@@ -272,24 +277,26 @@ class _Mapper:
             raise KernelConfigError(
                 f"{where}: IPComp SAs are not supported by ipsecd's XFRM layer; remove it"
             )
-        aead = crypt = auth = None
+        aead: xfrm.Aead | None = None
+        crypt: xfrm.Crypt | None = None
+        auth: xfrm.Auth | None = None
         if sa.enc is not None:
             enc_key = self.key(sa.enc_key, where)
             self._check_len(sa.enc, enc_key, where)
-            name, icv = xfrm_name(sa.enc)
-            info = ENC.get(sa.enc)
-            if info is not None and info.aead:
-                aead = xfrm.Aead(name, enc_key, icv)
+            cipher = xfrm.setkey_encryption(sa.enc, enc_key)
+            if isinstance(cipher, xfrm.Aead):
+                aead = cipher
             else:
-                crypt = xfrm.Crypt(name, enc_key)
+                crypt = cipher
         if sa.auth is not None:
             auth_key = self.key(sa.auth_key, where)
-            name, trunc = xfrm_name(sa.auth, auth=True)
-            auth = xfrm.Auth(name, auth_key, trunc)
+            auth = xfrm.setkey_integrity(sa.auth, auth_key)
         if aead is None and crypt is None and auth is None:
             raise KernelConfigError(f"{where}: no algorithm; give -E and/or -A")
         if sa.proto is spd.IpsecProto.ESP and crypt is None and aead is None:
-            crypt = xfrm.Crypt("ecb(cipher_null)", b"")  # RFC 8221 5: ENCR_NULL
+            null = xfrm.setkey_encryption("null", b"")  # RFC 8221 5: ENCR_NULL
+            assert isinstance(null, xfrm.Crypt)
+            crypt = null
         encap = None
         for flag in sa.flags:
             if flag == "esp-udp":
@@ -348,12 +355,17 @@ def desired_state(
     secrets: Mapping[str, bytes] | None = None,
     ownership: xfrm.Ownership = xfrm.DEFAULT_OWNERSHIP,
     policies_only: bool = False,
+    reqids: Mapping[int, int] | None = None,
+    extra_policies: Sequence[xfrm.Policy] = (),
 ) -> DesiredKernel:
     """Map ``cfg`` onto XFRM values (pure).  ``policies_only`` leaves manual SAs out
-    (e.g. on a kernel without ESP); raises :class:`KernelConfigError`/:class:`MissingSecret`."""
-    m = _Mapper(cfg, secrets or {}, ownership)
+    (e.g. on a kernel without ESP); ``reqids`` maps the compiler's connection reqids to
+    the agent's stable kernel reqids (agent/writer.py); ``extra_policies`` are the
+    agent's own (e.g. the controller bypass).  Raises
+    :class:`KernelConfigError`/:class:`MissingSecret`."""
+    m = _Mapper(cfg, secrets or {}, ownership, reqids)
     prios = kernel_priorities([p.priority for p in cfg.policies], ownership)
-    policies = tuple(m.policy(p, prios[p.priority]) for p in cfg.policies)
+    policies = (*extra_policies, *(m.policy(p, prios[p.priority]) for p in cfg.policies))
     states = () if policies_only else tuple(m.state(sa) for sa in cfg.sas)
     return DesiredKernel(cfg.node, default_policy(cfg.defaults), policies, states, tuple(m.notes))
 

@@ -1,64 +1,256 @@
-"""``ipsecd`` — the per-node IPsec daemon (Tru64 ipsecd(8) options).
+"""``ipsecd`` — the per-node IPsec daemon (Tru64 ipsecd(8) options, plus cluster mode).
 
-    ipsecd [-b] [-d] [-h] [-l] [-p] [-f FILE] [-m quiet|default|verbose] [-o FILE]
+Standalone, as the Tru64 daemon::
 
-Only ``-p`` (parse the SPD file, report every error, exit) works today; the daemon
-modes say so plainly and exit 2.  Exit codes: 0 valid, 1 invalid SPD, 2 not available
-or usage error.
+    ipsecd -f FILE [--nodes NODESFILE] [--node NAME] [-m quiet|default|verbose]
+           [-o DEBUGFILE] [-l] [-b] [-d] [-p]
+
+Cluster::
+
+    ipsecd --controller HOST:PORT[,HOST:PORT...] --node NAME [--labels k=v,...] --insecure
+
+Service operations (the seed's init script)::
+
+    ipsecd service start|stop|reload|status [daemon options]
+    ipsecd service secure on|off
+
+Runs in the foreground unless ``-d``.  SIGHUP rereads the SPD file; SIGTERM/SIGINT
+delete the IKE SAs (telling the peers) and stop within 5 s; the kernel keeps enforcing
+the policy ("IP secure" mode).  Exit codes: 0 ok, 1 invalid SPD or no usable policy,
+2 usage error or the daemon cannot run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
 import sys
+from pathlib import Path
 
 from ipsecd.spd import SpdError, load_file
 
-__all__ = ["BACKUP_SPD", "DEFAULT_SPD", "main"]
+from .daemon import STATE_DIR, AgentOptions, ApplyError, Daemon
+from .logsetup import setup_logging
+from .status import DEFAULT_SOCKET
+
+__all__ = ["BACKUP_SPD", "DEFAULT_SPD", "build_parser", "main", "options_from"]
 
 DEFAULT_SPD = "/etc/ipsec.spd"
 BACKUP_SPD = "/etc/ipsec.spd.bak"
+DEFAULT_PIDFILE = Path("/run/ipsecd/ipsecd.pid")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ipsecd",
-        description="IPsec daemon: policy manager and IKE daemon for this node",
+        description="IPsec daemon: policy manager and IKE daemon for this node "
+        "(`ipsecd service ...` for start/stop/reload/secure on|off)",
     )
-    p.add_argument("-b", action="store_true", dest="backup",
-                   help=f"read the backup SPD file ({BACKUP_SPD}) instead")  # fmt: skip
-    p.add_argument("-d", action="store_true", dest="daemon", help="run as a daemon")
-    p.add_argument("-f", metavar="FILE", dest="file", default=DEFAULT_SPD,
-                   help=f"SPD file to read (default {DEFAULT_SPD})")  # fmt: skip
-    p.add_argument("-l", action="store_true", dest="log_unmatched",
-                   help="log packets that match no selector")  # fmt: skip
-    p.add_argument("-m", choices=("quiet", "default", "verbose"), default="default",
-                   dest="level", help="message level")  # fmt: skip
-    p.add_argument("-o", metavar="FILE", dest="debug_file", help="debug output file")
-    p.add_argument("-p", action="store_true", dest="parse_only",
-                   help="parse the SPD file, report errors, and exit")  # fmt: skip
+    p.add_argument(
+        "-b",
+        action="store_true",
+        dest="backup",
+        help="start from the backup SPD file (FILE.bak, or /etc/ipsec.spd.bak); "
+        "the next reload reads FILE again",
+    )
+    p.add_argument(
+        "-d", action="store_true", dest="daemon", help="detach and run in the background"
+    )
+    p.add_argument(
+        "-f",
+        metavar="FILE",
+        dest="file",
+        default=None,
+        help=f"SPD file to enforce (default {DEFAULT_SPD})",
+    )
+    p.add_argument(
+        "-l",
+        action="store_true",
+        dest="log_unmatched",
+        help="log packets that match no selector (syslog auth facility)",
+    )
+    p.add_argument(
+        "-m",
+        choices=("quiet", "default", "verbose"),
+        default="default",
+        dest="level",
+        help="message level of IKE negotiations and policy changes",
+    )
+    p.add_argument("-o", metavar="FILE", dest="debug_file", help="write debug output to FILE")
+    p.add_argument(
+        "-p",
+        action="store_true",
+        dest="parse_only",
+        help="parse the SPD file, report every error, and exit",
+    )
+    p.add_argument("--node", default=None, help="this node's name (default: the host name)")
+    p.add_argument(
+        "--nodes",
+        metavar="NODESFILE",
+        default=None,
+        help="node directory (standalone mode), as `ipsecctl compile --nodes`",
+    )
+    p.add_argument(
+        "--controller",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        default=None,
+        help="cluster mode: follow these controller replicas",
+    )
+    p.add_argument("--labels", default="", help="cluster mode: this node's labels k=v,k=v")
+    p.add_argument(
+        "--addresses",
+        default="",
+        help="this node's addresses A,B (default: the global addresses it has)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="cluster mode: plaintext gRPC to the controller (mTLS is not available "
+        "yet: use only on a trusted network)",
+    )
+    p.add_argument(
+        "--secrets",
+        metavar="FILE",
+        default=None,
+        help='values of secret:NAME references (NAME = 0xHEX or "text"), mode 0600',
+    )
+    p.add_argument(
+        "--state-dir",
+        default=str(STATE_DIR),
+        help=f"where the agent keeps its state (default {STATE_DIR}, mode 0700)",
+    )
+    p.add_argument(
+        "--socket",
+        default=str(DEFAULT_SOCKET),
+        help=f"status socket (default {DEFAULT_SOCKET}, root only)",
+    )
+    p.add_argument("--pidfile", default=str(DEFAULT_PIDFILE), help="pid file with -d")
+    p.add_argument("--netns", default=None, help=argparse.SUPPRESS)
     return p
 
 
+def _pairs(text: str, what: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what}: {item!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def options_from(args: argparse.Namespace) -> AgentOptions:
+    """The daemon's options from parsed arguments (raises ValueError with the fix)."""
+    controllers = tuple(filter(None, (c.strip() for c in (args.controller or "").split(","))))
+    if controllers and args.file:
+        raise ValueError(
+            "-f and --controller exclude each other: a node follows either its "
+            "SPD file (standalone) or the controller (cluster)"
+        )
+    if controllers and not args.insecure:
+        raise ValueError(
+            "cluster mode without mTLS: pass --insecure to use plaintext gRPC "
+            "(mutual TLS comes with the cluster CA)"
+        )
+    if controllers and args.backup:
+        raise ValueError("-b is for standalone mode (the controller keeps the revisions)")
+    spd_file = Path(args.file or DEFAULT_SPD)
+    return AgentOptions(
+        node=args.node or socket.gethostname(),
+        spd_file=None if controllers else spd_file,
+        backup_file=Path(BACKUP_SPD) if not controllers and spd_file == Path(DEFAULT_SPD) else None,
+        use_backup=args.backup,
+        nodes_file=Path(args.nodes) if args.nodes else None,
+        controllers=controllers,
+        labels=_pairs(args.labels, "--labels"),
+        addresses=tuple(filter(None, (a.strip() for a in args.addresses.split(",")))),
+        secrets_file=Path(args.secrets) if args.secrets else None,
+        state_dir=Path(args.state_dir),
+        socket_path=Path(args.socket),
+        netns=args.netns,
+        log_unmatched=args.log_unmatched,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "service":
+        from .service import main as service_main
+
+        return service_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else 2
-    path = BACKUP_SPD if args.backup else args.file
     if args.parse_only:
+        path = BACKUP_SPD if args.backup and not args.file else (args.file or DEFAULT_SPD)
+        if args.backup and args.file:
+            path = args.file + ".bak"
         try:
             return _parse_only(path, args.level)
         except Exception as exc:  # last resort: a message, never a traceback
             print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-    print(
-        "error: the ipsecd daemon is not implemented yet; only the parse-only check works "
-        f"(ipsecd -p -f {path})",
-        file=sys.stderr,
+    try:
+        opts = options_from(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("error: ipsecd needs root (it programs the kernel's IPsec tables)", file=sys.stderr)
+        return 2
+    if args.daemon:
+        _detach(Path(args.pidfile))
+    setup_logging(
+        args.level,
+        debug_file=args.debug_file,
+        foreground=not args.daemon,
+        log_unmatched=args.log_unmatched,
     )
-    return 2
+    try:
+        return asyncio.run(_run(opts))
+    except ApplyError as exc:
+        logging.getLogger("ipsecd.agent").error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        logging.getLogger("ipsecd.agent").error("cannot run: %s: %s", type(exc).__name__, exc)
+        return 2
+    finally:
+        if args.daemon:
+            with contextlib.suppress(OSError):
+                Path(args.pidfile).unlink()
+
+
+async def _run(opts: AgentOptions) -> int:
+    daemon = Daemon(opts)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    return await daemon.run()
+
+
+def _detach(pidfile: Path) -> None:
+    """Classic double fork: no controlling terminal, stdio to /dev/null, a pid file."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(f"{os.getpid()}\n")
 
 
 def _parse_only(path: str, level: str) -> int:

@@ -50,7 +50,12 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+#: The controller may send a snapshot (policy + node directory) of up to 16 MiB
+#: (docs/limits.md "Controller"); gRPC's own receive default is 4 MiB.
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -210,3 +210,43 @@ def netns_single(prefix: str) -> Iterator[Netns]:
         yield ns
     finally:
         delete(ns)
+
+
+@contextlib.contextmanager
+def netns_star(
+    prefix: str, addresses: Sequence[Sequence[str]]
+) -> Iterator[tuple[Netns, list[Netns]]]:
+    """One "switch" namespace with a bridge and one node namespace per entry of
+    ``addresses`` (each a list of ``ADDR/PLEN``), joined to the bridge by ``veth0``:
+    every node reaches every other on one segment.  Yields (switch, nodes); all are
+    removed on exit, whatever happened."""
+    made: list[Netns] = []
+    try:
+        switch = create(prefix)
+        made.append(switch)
+        switch.run(["ip", "link", "add", "br0", "type", "bridge"])
+        switch.run(["ip", "link", "set", "br0", "up"])
+        nodes = []
+        for i, addrs in enumerate(addresses):
+            ns = create(prefix)
+            made.append(ns)
+            port = f"p{i}"
+            tmp = unique_name("vs")
+            _ip("link", "add", tmp, "type", "veth", "peer", "name", port)
+            _ip("link", "set", tmp, "netns", ns.name)
+            _ip("link", "set", port, "netns", switch.name)
+            switch.run(["ip", "link", "set", port, "master", "br0"])
+            switch.run(["ip", "link", "set", port, "up"])
+            ns.run(["ip", "link", "set", tmp, "name", "veth0"])
+            for addr in addrs:
+                extra = ["nodad"] if ":" in addr else []
+                ns.run(["ip", "addr", "add", addr, "dev", "veth0", *extra])
+            ns.run(["ip", "link", "set", "veth0", "up"])
+            ns.ifname = "veth0"
+            ns.addr4 = next((a.split("/")[0] for a in addrs if ":" not in a), None)
+            ns.addr6 = next((a.split("/")[0] for a in addrs if ":" in a), None)
+            nodes.append(ns)
+        yield switch, nodes
+    finally:
+        for ns in made:
+            delete(ns)

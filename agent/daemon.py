@@ -1,0 +1,661 @@
+"""The node agent: one loop, one writer (docs/architecture.md "The agent's body").
+
+    policy source ──▶ compile for this node ──▶ kernel writer (policies, manual SAs,
+    (file + HUP, or        (ipsecd.spd)          negotiated SAs)  ◀── IKE supervisor
+     the controller)                                                  (driver, engine)
+
+The source is the only thing that differs between standalone mode (Tru64 ipsecd(8):
+``-f FILE``, a backup SPD, SIGHUP) and cluster mode (the controller stream, the last
+applied revision kept on disk).  Every policy text goes through :meth:`Daemon.apply`:
+parse, compile for this node, reconcile the kernel by diff, then hand the IKE
+connections to the supervisor.  A text that fails any step changes nothing: the
+previous policy stays in force and the error says why (``FILE:LINE:COL`` for the
+SPD).
+
+Fail-closed start ("IP secure" mode): the IKE sockets (with their bypass) exist, and
+the controller connection is bypassed, before the policy and its default ``block``
+reach the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipsecd import spd, xfrm
+from ipsecd.ike import EndpointLimits, RetransmitConfig
+from ipsecd.spd import NodeInfo, SpdError
+from ipsecd.v1 import types_pb2
+
+from .connections import Unusable, connection_digest, ike_config
+from .ike_driver import IkeDriver
+from .kernel import DesiredKernel, KernelConfigError, desired_state, kernel_reqid
+from .status import StatusServer
+from .supervisor import Conn, Supervisor, count_sas
+from .unmatched import UnmatchedLogger, catch_all_policies
+from .writer import KernelWriter, ReqidAllocator
+
+__all__ = ["AgentOptions", "Applied", "ApplyError", "Daemon", "read_secrets"]
+
+log = logging.getLogger("ipsecd.agent")
+
+STATE_DIR = Path("/var/lib/ipsecd")
+LAST_APPLIED = "last-applied.json"
+
+
+class ApplyError(Exception):
+    """A policy this node cannot apply; the current one stays in force."""
+
+
+@dataclass
+class AgentOptions:
+    """Everything the agent is told on its command line (agent/main.py)."""
+
+    node: str
+    spd_file: Path | None = None
+    backup_file: Path | None = None
+    use_backup: bool = False
+    nodes_file: Path | None = None
+    controllers: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    addresses: tuple[str, ...] = ()
+    secrets_file: Path | None = None
+    state_dir: Path = STATE_DIR
+    socket_path: Path = Path("/run/ipsecd/ipsecd.sock")
+    netns: str | None = None
+    insecure: bool = False
+    log_unmatched: bool = False
+    #: IKE retransmission (tests and the lab shorten it).
+    retransmit: RetransmitConfig | None = None
+    limits: EndpointLimits | None = None
+    grace: float = 5.0
+    status_interval: float = 10.0
+    ipv6: bool = True
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.controllers)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The policy in force."""
+
+    source: str
+    text: str = field(repr=False)
+    digest: str
+    revision: int = 0
+    sha256: str = ""
+    summary: str = ""
+    at: float = 0.0
+
+
+def read_secrets(path: Path) -> dict[str, bytes]:
+    """``NAME = 0xHEX`` or ``NAME = "text"`` per line; the file must be 0600."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ApplyError(f"{path}: secrets file is mode {mode:o}: run chmod 600 {path}")
+    out: dict[str, bytes] = {}
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = (part.strip() for part in line.partition("="))
+        if not sep or not name:
+            raise ApplyError(f'{path}:{n}: expected NAME = 0xHEX or NAME = "text"')
+        if value.startswith("0x"):
+            try:
+                out[name] = bytes.fromhex(value[2:])
+            except ValueError:
+                raise ApplyError(f"{path}:{n}: secret '{name}': bad hex digits") from None
+        elif len(value) >= 2 and value[0] == value[-1] == '"':
+            out[name] = value[1:-1].encode()
+        else:
+            raise ApplyError(f"{path}:{n}: secret '{name}': write 0xHEX or \"text\"")
+    return out
+
+
+def local_addresses(netns: str | None) -> tuple[str, ...]:
+    """The node's global unicast addresses (in its namespace)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=netns) if netns else IPRoute() as ipr:
+        out = []
+        for msg in ipr.get_addr():
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr is None or msg["scope"] != 0:
+                continue
+            out.append(str(addr))
+    return tuple(out)
+
+
+def _write_private(path: Path, data: str) -> None:
+    """Write a file only root can read (it may hold keys), atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+class Daemon:
+    """One node's agent (see the module doc)."""
+
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(opts.state_dir, 0o700)
+        self.writer = KernelWriter(
+            opts.netns,
+            reqids=ReqidAllocator(path=opts.state_dir / "reqids.json"),
+            grace=opts.grace,
+        )
+        self.driver = IkeDriver(netns=opts.netns, ipv6=opts.ipv6, limits=opts.limits)
+        self.supervisor = Supervisor(self.driver, self.writer)
+        self.driver.on_events = self.supervisor.on_events
+        self.status_server = StatusServer(opts.socket_path, self._command)
+        self.applied: Applied | None = None
+        self.policy_error: str | None = None
+        self.directory: list[NodeInfo] = []
+        self.secrets: dict[str, bytes] = {}
+        self.addresses: tuple[str, ...] = ()
+        self._desired: DesiredKernel | None = None
+        self._adopted = False
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stream: Any = None
+        self.started = time.time()
+        self.unmatched = UnmatchedLogger(opts.netns)
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> int:
+        """Until stop(): 0 on an orderly stop, 1 when the first policy failed."""
+        opts = self.opts
+        self.addresses = opts.addresses or await asyncio.to_thread(local_addresses, opts.netns)
+        if opts.secrets_file is not None:
+            self.secrets = read_secrets(opts.secrets_file)
+        await self.writer.open()
+        try:
+            # fail-closed order: IKE sockets (bypassed) first, then the policy
+            await self.driver.start()
+            await self.status_server.start()
+            first = await self._first_policy()
+            if not first and not opts.cluster:
+                return 1
+            self._tasks.append(asyncio.create_task(self._ticker(), name="ike-ticker"))
+            self._tasks.append(asyncio.create_task(self._kernel_events(), name="xfrm-events"))
+            if opts.cluster:
+                self._tasks.append(asyncio.create_task(self._follow_controller(), name="stream"))
+            else:
+                self._tasks.append(asyncio.create_task(self._reloader(), name="reloader"))
+            self._tasks.append(asyncio.create_task(self.unmatched.run(), name="unmatched"))
+            await self._stop.wait()
+            await self._shutdown()
+            return 0
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.status_server.close()
+            await self.driver.close()
+            await self.writer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: reread the SPD file (standalone mode)."""
+        self._reload.set()
+
+    async def _shutdown(self) -> None:
+        """RFC 7296 1.4.1: tell the peers (Delete), give them a moment to answer."""
+        if self.stream is not None:
+            await self.stream.close()
+        self.supervisor.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while self.driver.sas and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ policy
+    async def apply(
+        self,
+        text: str,
+        source: str,
+        *,
+        revision: int = 0,
+        sha256: str = "",
+        file_mode: int | None = None,
+    ) -> Applied:
+        """Parse, compile for this node, reconcile the kernel, renegotiate what changed.
+        Raises ApplyError (nothing changed) with the reason."""
+        async with self._lock:
+            try:
+                applied = await self._apply(text, source, revision, sha256, file_mode)
+            except ApplyError as exc:
+                self.policy_error = str(exc)
+                raise
+            self.policy_error = None
+            return applied
+
+    async def _apply(
+        self, text: str, source: str, revision: int, sha256: str, file_mode: int | None
+    ) -> Applied:
+        try:
+            policy = spd.load_text(text, source, file_mode=file_mode)
+        except SpdError as exc:
+            raise ApplyError(exc.render()) from None
+        node, directory = self._node(policy)
+        try:
+            cfg = spd.compile_node(policy, node, directory)
+        except SpdError as exc:
+            raise ApplyError(exc.render()) from None
+        reqids = self.writer.reqids
+        try:
+            if not self._adopted:
+                # the previous run's reqids and SAs (no flush: make-before-break)
+                provisional = desired_state(cfg, secrets=self.secrets)
+                names = {kernel_reqid(c.reqid): c.name for c in cfg.connections}
+                await self.writer.adopt(provisional, names)
+                self._adopted = True
+            conns = self._conns(cfg)
+            reqids.retain([c.name for c in conns])
+            extra = self._bypass_policies()
+            # -l / "log unmatched": only meaningful when unmatched packets are dropped
+            logging_on = self.opts.log_unmatched or cfg.defaults.log_unmatched
+            self.unmatched.enabled = logging_on and cfg.defaults.def_policy == "discard"
+            if logging_on and not self.unmatched.enabled:
+                log.warning(
+                    "log unmatched needs 'defaults { policy discard; }': with "
+                    "policy none unmatched packets pass and are not logged"
+                )
+            if self.unmatched.enabled:
+                extra += catch_all_policies(self.writer.own)
+            desired = desired_state(
+                cfg,
+                secrets=self.secrets,
+                reqids={c.ike.reqid: c.reqid for c in conns},
+                extra_policies=extra,
+            )
+        except (KernelConfigError, xfrm.XfrmError, ValueError) as exc:
+            raise ApplyError(str(exc)) from None
+        local = [xfrm.address(a) for a in self.addresses]
+        try:
+            result = await self.writer.apply(desired, local)
+        except xfrm.XfrmError as exc:
+            reason = f"the kernel refused the policy: {exc}"
+            if self._desired is not None:
+                with contextlib.suppress(xfrm.XfrmError):
+                    await self.writer.apply(self._desired, local)  # back to the last good one
+            raise ApplyError(reason) from None
+        reqids.save()
+        self._desired = desired
+        changes = self.supervisor.update(conns, cfg.defaults)
+        for note in desired.notes:
+            log.warning("%s", note)
+        for warning in cfg.warnings:
+            log.info("%s", warning)
+        summary = (
+            f"{result.summary()}; IKE connections: {len(changes['kept'])} kept, "
+            f"{len(changes['changed'])} renegotiated, {len(changes['added'])} added, "
+            f"{len(changes['removed'])} removed"
+        )
+        self.applied = Applied(
+            source, text, policy.digest(), revision, sha256, summary, time.time()
+        )
+        log.info("policy %s applied: %s", source, summary)
+        return self.applied
+
+    def _node(self, policy: spd.Policy) -> tuple[NodeInfo, list[NodeInfo]]:
+        import ipaddress
+
+        directory = list(self.directory)
+        me = next((n for n in directory if n.name == self.opts.node), None)
+        if me is None:
+            if directory and self.opts.nodes_file is not None:
+                raise ApplyError(
+                    f"node '{self.opts.node}' is not in the node directory "
+                    f"{self.opts.nodes_file}: add it, or pass --node NAME"
+                )
+            addrs = tuple(ipaddress.ip_address(a) for a in self.addresses)
+            me = NodeInfo(self.opts.node, addrs, dict(self.opts.labels))
+            directory.append(me)
+        return me, directory
+
+    def _conns(self, cfg: spd.NodeConfig) -> list[Conn]:
+        out = []
+        for c in cfg.connections:
+            made = ike_config(c, self.secrets, retransmit=self.opts.retransmit)
+            problem = made.reason if isinstance(made, Unusable) else None
+            if problem:
+                log.warning("%s", problem)
+            out.append(
+                Conn(
+                    c,
+                    None if isinstance(made, Unusable) else made,
+                    problem,
+                    connection_digest(c, self.secrets),
+                    self.writer.reqids.get(c.name),
+                )
+            )
+        return out
+
+    def _bypass_policies(self) -> list[xfrm.Policy]:
+        """The controller connection passes whatever the SPD says (fail-closed mode
+        must not cut the node off its controller)."""
+        out: list[xfrm.Policy] = []
+        prio = self.writer.own.priority_min
+        for target in self.opts.controllers:
+            host, _, port = target.rpartition(":")
+            host = host.strip("[]")
+            try:
+                infos = socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)
+            except (OSError, ValueError):
+                continue
+            for _fam, _t, _p, _c, sockaddr in infos:
+                ip = xfrm.address(str(sockaddr[0]))
+                if ip.is_loopback:
+                    continue
+                anyn = xfrm.network("0.0.0.0/0" if ip.version == 4 else "::/0")
+                dst = xfrm.network(ip)
+                out.append(
+                    xfrm.Policy(
+                        xfrm.Selector(anyn, dst, 6, None, int(port)), xfrm.Dir.OUT, priority=prio
+                    )
+                )
+                out.append(
+                    xfrm.Policy(
+                        xfrm.Selector(dst, anyn, 6, int(port), None), xfrm.Dir.IN, priority=prio
+                    )
+                )
+        return list({p.key: p for p in out}.values())
+
+    # ------------------------------------------------------------------ sources
+    async def _first_policy(self) -> bool:
+        if self.opts.cluster:
+            return await self._restore_last_applied()
+        return await self._load_file(initial=True)
+
+    def _spd_paths(self) -> tuple[Path, Path]:
+        path = self.opts.spd_file or Path("/etc/ipsec.spd")
+        backup = self.opts.backup_file or path.with_name(path.name + ".bak")
+        return path, backup
+
+    async def _load_file(self, *, initial: bool) -> bool:
+        """Standalone mode (ipsecd(8)): the SPD file, its backup when it is invalid."""
+        path, backup = self._spd_paths()
+        if self.opts.nodes_file is not None:
+            try:
+                self.directory = spd.load_nodes_file(self.opts.nodes_file)
+            except SpdError as exc:
+                log.error("%s", exc.render())
+                if initial:
+                    return False
+        use_backup = initial and self.opts.use_backup
+        first = backup if use_backup else path
+        previous = self.applied.text if self.applied is not None else None
+        try:
+            await self._apply_file(first)
+        except (ApplyError, OSError) as exc:
+            log.error("%s is not applied: %s", first, exc)
+            if not initial:
+                log.error(
+                    "the current policy (%s) stays in force",
+                    self.applied.source if self.applied else "none",
+                )
+                return False
+            if use_backup or not backup.exists():
+                log.error("no usable policy: nothing is enforced by this agent")
+                return False
+            log.error("!!! %s is invalid: falling back to the backup %s", path, backup)
+            try:
+                await self._apply_file(backup)
+            except (ApplyError, OSError) as exc2:
+                log.error("the backup %s is not usable either: %s", backup, exc2)
+                return False
+            return True
+        # every accepted change keeps the previous file as the backup (ipsecd(8) -b)
+        if not use_backup and self.applied is not None:
+            keep = previous if previous is not None else self.applied.text
+            if previous != self.applied.text or not backup.exists():
+                try:
+                    _write_private(backup, keep)
+                except OSError as exc:
+                    log.error("could not save the backup SPD %s: %s", backup, exc)
+        return True
+
+    async def _apply_file(self, path: Path) -> Applied:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8")
+        return await self.apply(text, str(path), file_mode=st.st_mode & 0o777)
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            log.info("reloading the SPD file (SIGHUP)")
+            await self._load_file(initial=False)
+
+    async def _restore_last_applied(self) -> bool:
+        """Cluster mode: enforce the last applied revision before the controller answers."""
+        path = self.opts.state_dir / LAST_APPLIED
+        if not path.exists():
+            log.info("no policy applied yet: waiting for the controller")
+            return True
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            self.directory = [
+                NodeInfo(n["name"], tuple(_ip(a) for a in n["addresses"]), dict(n["labels"]))
+                for n in data.get("directory", [])
+            ]
+            await self.apply(
+                data["text"],
+                f"revision {data['revision']} (saved)",
+                revision=int(data["revision"]),
+                sha256=str(data.get("sha256", "")),
+            )
+        except (OSError, ValueError, KeyError, TypeError, ApplyError) as exc:
+            log.error("the saved revision in %s is not usable: %s", path, exc)
+            return False
+        return True
+
+    def _save_last_applied(self) -> None:
+        a = self.applied
+        if a is None:
+            return
+        data = {
+            "revision": a.revision,
+            "sha256": a.sha256,
+            "text": a.text,
+            "directory": [
+                {
+                    "name": n.name,
+                    "addresses": [str(x) for x in n.addresses],
+                    "labels": dict(n.labels),
+                }
+                for n in self.directory
+            ],
+        }
+        try:
+            _write_private(self.opts.state_dir / LAST_APPLIED, json.dumps(data))
+        except OSError as exc:
+            log.error(
+                "could not save the applied revision in %s: %s (a restart without "
+                "the controller would not find it)",
+                self.opts.state_dir,
+                exc,
+            )
+
+    async def _follow_controller(self) -> None:
+        from .stream import (
+            AgentIdentity,
+            AgentStream,
+            DirectoryReceived,
+            PolicyReceived,
+            StreamEvent,
+        )
+
+        async def on_event(ev: StreamEvent) -> None:
+            if isinstance(ev, DirectoryReceived):
+                self.directory = [
+                    NodeInfo(n.name, tuple(_ip(a) for a in n.addresses), dict(n.labels))
+                    for n in ev.nodes
+                ]
+                if self.applied is not None:
+                    a = self.applied
+                    with contextlib.suppress(ApplyError):
+                        await self.apply(a.text, a.source, revision=a.revision, sha256=a.sha256)
+                        self._save_last_applied()
+            elif isinstance(ev, PolicyReceived):
+                try:
+                    await self.apply(
+                        ev.text, f"revision {ev.revision}", revision=ev.revision, sha256=ev.sha256
+                    )
+                except ApplyError as exc:
+                    log.error("revision %d not applied: %s", ev.revision, exc)
+                    await stream.ack(ev.revision, ok=False, error=str(exc)[:2000])
+                    return
+                self._save_last_applied()
+                await stream.ack(ev.revision)
+
+        def status() -> types_pb2.NodeStatus:
+            return self.node_status()
+
+        ident = AgentIdentity(
+            self.opts.node, self.addresses, dict(self.opts.labels), capabilities=("directory",)
+        )
+        last = self.applied.revision if self.applied is not None else 0
+        sha = self.applied.sha256 if self.applied is not None else ""
+        stream = AgentStream(
+            list(self.opts.controllers),
+            ident,
+            on_event=on_event,
+            status=status,
+            status_interval=self.opts.status_interval,
+            last_revision=last,
+            last_sha256=sha,
+        )
+        self.stream = stream
+        await stream.run()
+
+    # ------------------------------------------------------------------ loops
+    async def _ticker(self) -> None:
+        while True:
+            self.supervisor.tick()
+            await self.writer.expire_adopted()
+            await asyncio.sleep(0.5)
+
+    async def _kernel_events(self) -> None:
+        """ACQUIRE (on-demand connections), EXPIRE (rekey / end), MAPPING (NAT)."""
+        while True:
+            try:
+                async with xfrm.XfrmListener(self.opts.netns) as events:
+                    async for ev in events:
+                        self.supervisor.kernel_event(ev)
+                        if isinstance(ev, xfrm.AcquireRequested):
+                            self.unmatched.acquire(ev)
+            except xfrm.XfrmBusy as exc:
+                log.warning("kernel events overran (%s); listening again", exc)
+            except xfrm.XfrmError as exc:
+                log.error("kernel event listener failed: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        conns = list(self.supervisor.conns.values())
+        ike, child = count_sas(conns)
+        usable = [c for c in conns if c.config is not None]
+        if self.applied is None:
+            health = "failing" if self.policy_error else "no policy"
+        elif self.policy_error or any(
+            c.state != "up" for c in usable if c.initiates or c.sa is not None
+        ):
+            health = "degraded"
+        else:
+            health = "ok"
+        installed = self.writer.installed()
+        return {
+            "node": self.opts.node,
+            "mode": "cluster" if self.opts.cluster else "standalone",
+            "health": health,
+            "applied": None
+            if self.applied is None
+            else {
+                "source": self.applied.source,
+                "revision": self.applied.revision,
+                "digest": self.applied.digest,
+                "summary": self.applied.summary,
+                "at": self.applied.at,
+            },
+            "policy_error": self.policy_error,
+            "ike_sas": ike,
+            "child_sas": child,
+            "connections": self.supervisor.status(),
+            "kernel": {
+                "policies": len(self._desired.policies) if self._desired else 0,
+                "child_sas": len(installed),
+                "adopted": self.writer.adopted(),
+                "errors": self.writer.errors,
+                "default": _default_text(self._desired),
+            },
+            "counters": dict(self.supervisor.counters),
+            "ike": self.driver.endpoint.stats.as_dict(),
+            "controller": getattr(self.stream, "address", "") if self.stream else None,
+            "uptime": round(time.time() - self.started, 1),
+        }
+
+    def node_status(self) -> types_pb2.NodeStatus:
+        st = self.status()
+        health = {
+            "ok": types_pb2.HEALTH_OK,
+            "degraded": types_pb2.HEALTH_DEGRADED,
+            "failing": types_pb2.HEALTH_FAILING,
+        }.get(st["health"], types_pb2.HEALTH_UNSPECIFIED)
+        node_status: types_pb2.NodeStatus = types_pb2.NodeStatus(
+            applied_revision=self.applied.revision if self.applied else 0,
+            health=health,
+            ike_sas=st["ike_sas"],
+            child_sas=st["child_sas"],
+            detail=json.dumps(st, sort_keys=True),
+            reported_unix_ms=int(time.time() * 1000),
+        )
+        return node_status
+
+    async def _command(self, command: str) -> dict[str, Any]:
+        if command == "status":
+            return self.status()
+        if command == "reload":
+            if self.opts.cluster:
+                return {
+                    "error": "cluster mode: the policy comes from the controller (ipsecctl push)"
+                }
+            self.reload()
+            return {"ok": True}
+        return {"error": f"unknown command {command!r}: use status or reload"}
+
+
+def _ip(text: str) -> Any:
+    import ipaddress
+
+    return ipaddress.ip_address(text)
+
+
+def _default_text(desired: DesiredKernel | None) -> str:
+    if desired is None:
+        return "unchanged"
+    d = desired.default
+    return "block" if d.outbound == xfrm.DefaultAction.BLOCK else "accept"

@@ -1,0 +1,3 @@
+from tests.support.etcd import etcd_session
+
+__all__ = ["etcd_session"]

@@ -1,0 +1,191 @@
+"""The agent daemon on the host kernel (real namespaces, real XFRM policies, real etcd
+and gRPC for cluster mode; the host has no ESP, so IKE-negotiated SAs are covered in
+the kernel lab, tests/kernel/test_agent_*.py).
+
+Standalone (Tru64 ipsecd(8)): the SPD file is enforced, SIGHUP rereads it, an invalid
+file keeps the current policy, every accepted change keeps the previous file as the
+backup, an invalid file at start falls back to the backup, ``-b`` starts from it.
+Cluster: the agent follows the controller, acknowledges what it applied (or why not),
+keeps the last revision on disk (0600) and enforces it at the next start without a
+controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from agent.daemon import Daemon
+from agent.status import StatusError, query
+from ipsecd import xfrm
+from tests.integration.controller.harness import address, start_controller, stop_controller
+from tests.support.agents import options, running, write_private
+from tests.support.aio import run_async, wait_until
+from tests.support.etcd import EtcdProcess
+from tests.support.netns import Netns, netns_pair
+
+T = TypeVar("T")
+PREFIX = "iag-"
+POLICY = """
+defaults {{ policy discard; }}
+connection mesh {{ between all and all; mode transport; auth psk "daemon-test-psk-0123"; }}
+bypass tcp port {port};
+bypass icmp6 type 135;
+bypass icmp6 type 136;
+"""
+NODES = "a 192.0.2.1,fd00::1\nb 192.0.2.2,fd00::2\n"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Netns, Netns]]:
+    with netns_pair(PREFIX) as p:
+        yield p
+
+
+def kernel_policies(ns: Netns) -> list[xfrm.Policy]:
+    def dump() -> list[xfrm.Policy]:
+        with xfrm.Xfrm(ns.name) as x:
+            return [p for p in x.dump_policies() if xfrm.DEFAULT_OWNERSHIP.owns_policy(p)]
+
+    return _off_loop(dump)
+
+
+def ports(policies: list[xfrm.Policy]) -> set[int]:
+    return {p.selector.dport for p in policies if p.selector.proto == 6 and p.selector.dport}
+
+
+def default_of(ns: Netns) -> xfrm.DefaultPolicy:
+    def get() -> xfrm.DefaultPolicy:
+        with xfrm.Xfrm(ns.name) as x:
+            return x.get_default_policy()
+
+    return _off_loop(get)
+
+
+def _off_loop(fn: Callable[[], T]) -> T:
+    """The sync XFRM wrapper runs its own loop: call it from a thread of its own."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
+@run_async(120)
+async def test_standalone_enforces_reloads_and_keeps_the_backup(
+    pair: tuple[Netns, Netns], tmp_path: Path
+) -> None:
+    a, _b = pair
+    spd = write_private(tmp_path / "ipsec.spd", POLICY.format(port=1111))
+    nodes = tmp_path / "nodes"
+    nodes.write_text(NODES)
+    backup = tmp_path / "ipsec.spd.bak"
+    opts = options("a", a, tmp_path, spd_file=spd, nodes_file=nodes)
+    async with running([opts]) as daemons:
+        d = daemons["a"]
+        await wait_until(lambda: d.applied is not None, 30, "the first policy applied")
+        assert ports(kernel_policies(a)) == {1111}
+        assert default_of(a).outbound == xfrm.DefaultAction.BLOCK  # "IP secure" mode
+        assert backup.read_text() == spd.read_text()  # the first accepted file
+        assert backup.stat().st_mode & 0o777 == 0o600
+        # the status socket answers, root only
+        status = await asyncio.to_thread(query, opts.socket_path)
+        assert status["applied"]["source"] == str(spd) and status["mode"] == "standalone"
+        assert opts.socket_path.stat().st_mode & 0o777 == 0o600
+        # an accepted change: applied by diff, the previous file becomes the backup
+        first_text = spd.read_text()
+        write_private(spd, POLICY.format(port=2222))
+        d.reload()
+        await wait_until(lambda: ports(kernel_policies(a)) == {2222}, 30, "the reload")
+        assert backup.read_text() == first_text
+        # an invalid file: the current policy stays, the error names the place
+        write_private(spd, POLICY.format(port=3333) + "\nbypass nonsense here;\n")
+        d.reload()
+        await wait_until(lambda: d.policy_error is not None, 30, "the refusal")
+        assert f"{spd}:" in str(d.policy_error) and "error:" in str(d.policy_error)
+        assert ports(kernel_policies(a)) == {2222}
+        assert backup.read_text() == first_text
+        status = await asyncio.to_thread(query, opts.socket_path)
+        assert status["health"] != "ok" and status["policy_error"]
+    # at the next start the invalid file falls back to the backup, loudly
+    async with running([opts]) as daemons:
+        d = daemons["a"]
+        await wait_until(lambda: d.applied is not None, 30, "the backup applied")
+        assert d.applied is not None and d.applied.source == str(backup)
+        assert ports(kernel_policies(a)) == {1111}
+    # -b starts from the backup even with a good file
+    write_private(spd, POLICY.format(port=4444))
+    opts.use_backup = True
+    async with running([opts]) as daemons:
+        d = daemons["a"]
+        await wait_until(lambda: d.applied is not None, 30, "the backup (-b)")
+        assert d.applied is not None and d.applied.source == str(backup)
+        opts.use_backup = False
+        d.reload()  # the next reload reads the normal file
+        await wait_until(lambda: ports(kernel_policies(a)) == {4444}, 30, "the reload")
+    # the agent stopped: the kernel still enforces (no flush, default block)
+    assert ports(kernel_policies(a)) == {4444}
+    assert default_of(a).outbound == xfrm.DefaultAction.BLOCK
+    with pytest.raises(StatusError, match="no agent socket"):
+        query(opts.socket_path)
+
+
+@run_async(180)
+async def test_cluster_mode_follows_acknowledges_and_survives_the_controller(
+    pair: tuple[Netns, Netns], tmp_path: Path, etcd_session: EtcdProcess
+) -> None:
+    a, _b = pair
+    c = await start_controller(etcd_session.url, "r1", f"/t{os.getpid()}-{id(tmp_path)}/")
+    opts = options("a", a, tmp_path, controllers=(address(c),), insecure=True,
+                   addresses=("192.0.2.1", "fd00::1"), labels={"role": "web"})  # fmt: skip
+    try:
+        async with running([opts]) as daemons:
+            d = daemons["a"]
+            out = await c.repo.push(POLICY.format(port=1111), filename="p.spd", author="test")
+            assert out.accepted and out.revision is not None
+            await wait_until(lambda: d.applied is not None and d.applied.revision == 1, 60,
+                             "revision 1 applied")  # fmt: skip
+            assert ports(kernel_policies(a)) == {1111}
+
+            def acked() -> bool:
+                record = c.view.records.get("a", {})
+                return bool(record.get("status", {}).get("applied_revision") == 1)
+
+            await wait_until(acked, 30, "the ack in the node registry")
+            saved = tmp_path / "agent-a" / "last-applied.json"
+            assert json.loads(saved.read_text())["revision"] == 1
+            assert saved.stat().st_mode & 0o777 == 0o600
+            # a revision this node cannot apply (a secret it does not have) is
+            # acknowledged with the reason; the node keeps revision 1
+            bad = POLICY.format(port=2222) + "sa esp 0x1000 from 192.0.2.1 to 192.0.2.2 " \
+                "{ mode tunnel; enc aes-gcm-16 secret:nope; }\n"  # fmt: skip
+            out = await c.repo.push(bad, filename="p.spd", author="test")
+            assert out.accepted
+            await wait_until(lambda: d.policy_error is not None, 60, "the refusal")
+            assert "nope" in str(d.policy_error)
+            assert d.applied is not None and d.applied.revision == 1
+            assert ports(kernel_policies(a)) == {1111}
+            # the live status through the controller is the agent's own status
+            detail = json.loads(d.node_status().detail)
+            assert detail["node"] == "a" and detail["applied"]["revision"] == 1
+    finally:
+        await stop_controller(c)
+    # no controller: the saved revision is enforced at start all the same
+    opts.controllers = ("127.0.0.1:1",)
+    async with running([opts]) as daemons:
+        d = daemons["a"]
+        await wait_until(lambda: d.applied is not None, 30, "the saved revision")
+        assert d.applied is not None and d.applied.revision == 1
+        assert ports(kernel_policies(a)) == {1111}
+
+
+def test_daemon_needs_nothing_but_its_options(tmp_path: Path) -> None:
+    """Constructing the daemon touches nothing in the kernel and makes its state
+    directory root-only."""
+    opts = options("x", Netns("unused"), tmp_path)
+    Daemon(opts)
+    assert (tmp_path / "agent-x").stat().st_mode & 0o777 == 0o700
