@@ -32,6 +32,7 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "error: need root to install $$missing (or install them yourself)"; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@bash scripts/install-lab-peers.sh
 
 $(VENV)/.stamp: pyproject.toml
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
