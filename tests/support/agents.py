@@ -92,6 +92,8 @@ async def ping(ns: Netns, dst: str, *, count: int, interval: float = 0.2,
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
     m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", text)
+    if m is None and "Operation not permitted" in text:
+        return PingResult(0, 0, text)  # refused locally (EPERM): a blocking policy
     if m is None:
         raise AssertionError(f"ping in {ns.name} gave no summary: {text!r}")
     return PingResult(int(m.group(1)), int(m.group(2)), text)

@@ -189,3 +189,52 @@ def test_daemon_needs_nothing_but_its_options(tmp_path: Path) -> None:
     opts = options("x", Netns("unused"), tmp_path)
     Daemon(opts)
     assert (tmp_path / "agent-x").stat().st_mode & 0o777 == 0o700
+
+
+@run_async(120)
+async def test_simultaneous_start_ends_with_one_ike_sa_per_connection(
+    pair: tuple[Netns, Netns], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both agents start at once and both initiate (after a start every node does, to
+    replace state the peer may keep of it): each connection ends with one IKE SA, the
+    same on both sides, the one the lower address initiated (agent/supervisor.py
+    "keeper").  The host kernel has no ESP, so the CHILD SAs fail to install: the
+    status says why.  No key or PSK reaches the log at debug level."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="ipsecd")
+    a, b = pair
+    spd = write_private(tmp_path / "ipsec.spd", POLICY.format(port=1111))
+    nodes = tmp_path / "nodes"
+    nodes.write_text(NODES)
+    opts = [
+        options(n, ns, tmp_path, spd_file=spd, nodes_file=nodes) for n, ns in (("a", a), ("b", b))
+    ]
+
+    def established(d: Daemon) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for sa in d.driver.sas:
+            if sa.established:
+                out.setdefault(sa.config.name, []).append(f"{sa.spi_i.hex()}:{sa.spi_r.hex()}")
+        return out
+
+    async with running(opts) as daemons:
+        da, db = daemons["a"], daemons["b"]
+
+        def spis(d: Daemon) -> list[str]:
+            return sorted(x for v in established(d).values() for x in v)
+
+        def settled() -> bool:
+            ea, eb = established(da), established(db)
+            one_each = all(len(v) == 1 for v in (*ea.values(), *eb.values()))
+            return len(ea) == len(eb) == 2 and one_each and spis(da) == spis(db)
+
+        await wait_until(settled, 60, "one IKE SA per connection on both sides")
+        for sa in da.driver.sas:
+            if sa.established:
+                assert sa.initiator  # a has the lower address: its SAs stay
+        st = da.status()
+        assert st["counters"]["install_failed"] >= 1
+        assert any("kernel" in (c["last_error"] or "") for c in st["connections"])
+    text = caplog.text
+    assert "daemon-test-psk-0123" not in text and b"daemon-test-psk-0123".hex() not in text
