@@ -222,8 +222,9 @@ class IkeDriver:
     # ------------------------------------------------------------------ configuration
     def set_configs(self, configs: Iterable[IkeConfig]) -> None:
         """Replace the connections responders choose from (SAs keep their config)."""
-        self._configs = {c.name: c for c in configs}
-        self.endpoint.lookup = lookup_by_address(list(self._configs.values()))
+        every = list(configs)
+        self._configs = {c.name: c for c in every}
+        self.endpoint.lookup = lookup_by_address(every)
 
     @property
     def configs(self) -> dict[str, IkeConfig]:

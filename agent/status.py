@@ -121,7 +121,11 @@ def render_table(status: Mapping[str, Any]) -> str:
     lines.append(
         f"node {status.get('node', '?')}  mode {status.get('mode', '?')}  "
         f"health {status.get('health', '?')}  policy {applied.get('source', 'none')}"
-        + (f" (revision {applied['revision']})" if applied.get("revision") else "")
+        + (
+            f" (revision {applied['revision']})"
+            if applied.get("revision") and not str(applied.get("source", "")).startswith("revision")
+            else ""
+        )
     )
     if status.get("policy_error"):
         lines.append(f"last rejected policy: {status['policy_error']}")

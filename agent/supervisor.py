@@ -137,6 +137,8 @@ class Supervisor:
         #: Peers we initiate to once after start (INITIAL_CONTACT), by connection name.
         self._startup: set[str] = set()
         self._first_update = True
+        #: Set by shutdown(): nothing is initiated any more.
+        self.stopping = False
         #: Counters for status and metrics.
         self.counters: dict[str, int] = {
             "ike_established": 0,
@@ -195,6 +197,8 @@ class Supervisor:
     def tick(self) -> None:
         """Start what should run: eager connections we initiate (with backoff)."""
         now = self.clock()
+        if self.stopping:
+            return
         for conn in self.conns.values():
             if conn.config is None or conn.sa is not None or now < conn.next_attempt:
                 continue
@@ -205,6 +209,8 @@ class Supervisor:
     def acquire(self, reqid: int) -> None:
         """The kernel needs an SA for ``reqid`` (XFRM ACQUIRE): start its connection."""
         now = self.clock()
+        if self.stopping:
+            return
         for conn in self.conns.values():
             if (
                 conn.reqid == reqid
@@ -415,6 +421,7 @@ class Supervisor:
     def shutdown(self) -> None:
         """Delete every IKE SA (RFC 7296 1.4.1: an orderly stop tells the peers)."""
         now = self.clock()
+        self.stopping = True
         for sa in self.driver.sas:
             sa.delete(now)
         self.driver.nudge()

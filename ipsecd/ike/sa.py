@@ -296,7 +296,7 @@ class IkeSa:
             return None
         candidates = list(lookup(local_addr[0], remote_addr[0]))
         if not candidates:
-            log.warning(
+            log.info(
                 "no connection configured for %s -> %s: IKE_SA_INIT dropped",
                 fmt_addr(remote_addr),
                 fmt_addr(local_addr),
