@@ -156,6 +156,10 @@ def step_spd(tmp: Path) -> None:
         setkey = fixed
     say("validate the cluster policy and an unchanged setkey.conf")
     run([ctl, "validate", rel(EXAMPLES / "cluster.spd"), rel(setkey)])
+    say("the cluster policy expanded for every node of its directory (overlaps, shadowing)")
+    run(
+        [ctl, "validate", rel(EXAMPLES / "cluster.spd"), "--nodes", rel(EXAMPLES / "cluster.nodes")]
+    )
 
     say("a deliberately broken copy: every error of the file in one run, exit status 1")
     broken = tmp / "broken.spd"
