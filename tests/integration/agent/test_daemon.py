@@ -140,15 +140,23 @@ async def test_cluster_mode_follows_acknowledges_and_survives_the_controller(
 ) -> None:
     a, _b = pair
     c = await start_controller(etcd_session.url, "r1", f"/t{os.getpid()}-{id(tmp_path)}/")
-    opts = options("a", a, tmp_path, controllers=(address(c),), insecure=True,
-                   addresses=("192.0.2.1", "fd00::1"), labels={"role": "web"})  # fmt: skip
+    opts = options(
+        "a",
+        a,
+        tmp_path,
+        controllers=(address(c),),
+        insecure=True,
+        addresses=("192.0.2.1", "fd00::1"),
+        labels={"role": "web"},
+    )
     try:
         async with running([opts]) as daemons:
             d = daemons["a"]
             out = await c.repo.push(POLICY.format(port=1111), filename="p.spd", author="test")
             assert out.accepted and out.revision is not None
-            await wait_until(lambda: d.applied is not None and d.applied.revision == 1, 60,
-                             "revision 1 applied")  # fmt: skip
+            await wait_until(
+                lambda: d.applied is not None and d.applied.revision == 1, 60, "revision 1 applied"
+            )
             assert ports(kernel_policies(a)) == {1111}
 
             def acked() -> bool:
@@ -161,8 +169,10 @@ async def test_cluster_mode_follows_acknowledges_and_survives_the_controller(
             assert saved.stat().st_mode & 0o777 == 0o600
             # a revision this node cannot apply (a secret it does not have) is
             # acknowledged with the reason; the node keeps revision 1
-            bad = POLICY.format(port=2222) + "sa esp 0x1000 from 192.0.2.1 to 192.0.2.2 " \
-                "{ mode tunnel; enc aes-gcm-16 secret:nope; }\n"  # fmt: skip
+            bad = (
+                POLICY.format(port=2222) + "sa esp 0x1000 from 192.0.2.1 to 192.0.2.2 "
+                "{ mode tunnel; enc aes-gcm-16 secret:nope; }\n"
+            )
             out = await c.repo.push(bad, filename="p.spd", author="test")
             assert out.accepted
             await wait_until(lambda: d.policy_error is not None, 60, "the refusal")
@@ -238,3 +248,95 @@ async def test_simultaneous_start_ends_with_one_ike_sa_per_connection(
         assert any("kernel" in (c["last_error"] or "") for c in st["connections"])
     text = caplog.text
     assert "daemon-test-psk-0123" not in text and b"daemon-test-psk-0123".hex() not in text
+
+
+@run_async(120)
+async def test_ondemand_connection_starts_on_the_kernels_acquire(
+    pair: tuple[Netns, Netns], tmp_path: Path
+) -> None:
+    """``start ondemand``: no IKE until a packet needs the SA; the kernel's ACQUIRE
+    (XFRM_MSG_ACQUIRE for the connection's reqid) starts the negotiation."""
+    a, b = pair
+    text = POLICY.format(port=1111).replace(
+        'auth psk "daemon-test-psk-0123"; }', 'auth psk "daemon-test-psk-0123"; start ondemand; }'
+    )
+    spd = write_private(tmp_path / "ipsec.spd", text)
+    nodes = tmp_path / "nodes"
+    nodes.write_text(NODES)
+    opts = [
+        options(n, ns, tmp_path, spd_file=spd, nodes_file=nodes) for n, ns in (("a", a), ("b", b))
+    ]
+    async with running(opts) as daemons:
+        da = daemons["a"]
+        await wait_until(
+            lambda: all(d.applied is not None for d in daemons.values()),
+            30,
+            "both policies applied",
+        )
+        await asyncio.sleep(2)
+        assert da.driver.sas == [] and daemons["b"].driver.sas == []
+        states = {c["state"] for c in da.status()["connections"]}
+        assert states == {"on demand"}
+        # a packet that needs the SA: the kernel holds it and asks for an SA
+        send = a.argv(["ping", "-c", "1", "-W", "1", "192.0.2.2"])
+        proc = await asyncio.create_subprocess_exec(
+            *send, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        await proc.wait()
+        await wait_until(
+            lambda: any(sa.established for sa in da.driver.sas), 30, "the IKE SA after ACQUIRE"
+        )
+
+
+@run_async(120)
+async def test_log_unmatched_names_the_dropped_flow(
+    pair: tuple[Netns, Netns], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``-l`` with ``policy discard``: an outbound packet that matches no policy is
+    dropped as before and logged with its addresses, protocol and ports."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ipsecd.unmatched")
+    a, _b = pair
+    spd = write_private(tmp_path / "ipsec.spd", POLICY.format(port=1111))
+    nodes = tmp_path / "nodes"
+    nodes.write_text(NODES)
+    opts = options("a", a, tmp_path, spd_file=spd, nodes_file=nodes, log_unmatched=True)
+    async with running([opts]) as daemons:
+        d = daemons["a"]
+        await wait_until(lambda: d.applied is not None, 30, "the policy applied")
+        a.run(["ip", "route", "add", "203.0.113.0/24", "dev", "veth0"])
+        code = (
+            "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "try: s.sendto(b'x', ('203.0.113.9', 4242))\nexcept OSError: pass\n"
+        )
+        proc = await asyncio.create_subprocess_exec(*a.argv(["python3", "-c", code]))
+        await proc.wait()
+        await wait_until(lambda: "unmatched packet dropped" in caplog.text, 20, "the log line")
+    line = next(r.getMessage() for r in caplog.records if "unmatched" in r.getMessage())
+    assert "203.0.113.9" in line and "proto 17" in line and "-> 4242" in line
+
+
+def test_secure_off_and_on_without_a_daemon(pair: tuple[Netns, Netns]) -> None:
+    """The seed's "IP secure" switch: off removes ipsecd's policies and SAs and lets
+    traffic flow; on blocks what no policy allows.  Foreign policies are untouched."""
+    from agent.service import secure
+
+    a, _ = pair
+    with xfrm.Xfrm(a.name) as x:
+        ours = xfrm.Policy(
+            xfrm.Selector.of("192.0.2.0/24", "198.51.100.0/24"), xfrm.Dir.OUT, priority=0x8100
+        )
+        foreign = xfrm.Policy(
+            xfrm.Selector.of("10.0.0.0/8", "10.1.0.0/16"), xfrm.Dir.OUT, priority=5
+        )
+        x.add_policy(ours)
+        x.add_policy(foreign)
+    assert "block" in secure(True, a.name)
+    assert default_of(a).outbound == xfrm.DefaultAction.BLOCK
+    said = secure(False, a.name)
+    assert "removed 1" in said
+    with xfrm.Xfrm(a.name) as x:
+        keys = {p.key for p in x.dump_policies()}
+        assert foreign.key in keys and ours.key not in keys
+        assert x.get_default_policy().outbound == xfrm.DefaultAction.ACCEPT
