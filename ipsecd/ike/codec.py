@@ -125,6 +125,12 @@ __all__ = [
 NONCE_MIN = 16  # RFC 7296 2.10
 NONCE_MAX = 256  # RFC 7296 2.10
 _GENERIC_LEN = 4  # RFC 7296 3.2
+#: Payloads in one chain (the message's, or the plaintext of one SK payload) beyond
+#: which the message is refused unparsed.  A real IKEv2 message carries at most a few
+#: dozen (strongSwan's per-exchange rules allow ~20 notifies, ~20 vendor IDs and a few
+#: certificates); without a cap a datagram of empty payloads costs a parse step per 4
+#: bytes (docs/limits.md "IKE").
+MAX_PAYLOADS = 64
 _CRITICAL = 0x80  # RFC 7296 3.2
 _AF_TV = 0x8000  # RFC 7296 3.3.5 Attribute Format bit
 _MORE_PROPOSALS = 2  # RFC 7296 3.3.1 "Last Substruc"
@@ -723,6 +729,8 @@ def _parse_chain(
     index = 0
     while next_type != PayloadType.NONE:
         index += 1
+        if index > MAX_PAYLOADS:
+            raise IkeParseError(f"{where}payload chain", off, f"more than {MAX_PAYLOADS} payloads")
         label = f"{where}payload #{index} ({_ptname(next_type)})"
         if end - off < _GENERIC_LEN:
             raise IkeParseError(

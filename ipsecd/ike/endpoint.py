@@ -13,7 +13,10 @@ ones), and decides what a new IKE_SA_INIT request costs us (docs/limits.md "IKE"
   or from one address), with a secret that rotates;
 * retransmissions of an IKE_SA_INIT request go to the half-open SA they belong to;
 * ended SAs linger a while to answer retransmitted requests from their cache
-  (RFC 7296 2.1), then are forgotten; their number is bounded too;
+  (RFC 7296 2.1), then are forgotten; their number is bounded too.  A responder that
+  ends before answering an IKE_AUTH request (half-open expiry, or an IKE_SA_INIT
+  refused at once) is forgotten at once: a retransmitted IKE_SA_INIT request goes
+  through the half-open table, never to it, so it has nothing to answer;
 * a request for an SPI we do not know gets an unprotected INVALID_IKE_SPI answer
   (RFC 7296 2.21.4), rate-limited; such an answer from the peer changes nothing.
 
@@ -69,8 +72,9 @@ class EndpointLimits:
     cookie_threshold: int = 20
     cookie_threshold_ip: int = 3
     #: Half-open SAs from one address beyond which its new requests are dropped, and
-    #: in all.
-    block_threshold_ip: int = 20
+    #: in all (charon's block_threshold is 5 too: 50 flooding addresses that return
+    #: cookies hold at most 250 half-open SAs, bench/bench_flood.py).
+    block_threshold_ip: int = 5
     max_half_open: int = 2000
     #: IKE_SA_INIT requests accepted per source address: burst, then per second.
     init_burst: int = 10
@@ -84,6 +88,10 @@ class EndpointLimits:
     invalid_spi_rate: float = 10.0
     #: Seconds between cookie secret rotations (the previous secret stays valid).
     cookie_rotation: float = 300.0
+    #: Largest datagram looked at; longer ones are dropped unparsed (charon's
+    #: max_packet default is the same).  Messages with certificates that would be
+    #: longer are sent in fragments (RFC 7383), each far below it.
+    max_datagram: int = 10_000
 
     def __post_init__(self) -> None:
         for name in (
@@ -94,6 +102,7 @@ class EndpointLimits:
             "init_burst",
             "rate_table",
             "max_lingering",
+            "max_datagram",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"EndpointLimits.{name} must be >= 0")
@@ -107,6 +116,7 @@ class EndpointStats:
     """What the endpoint did with what it received (counters only grow)."""
 
     received: int = 0
+    oversize: int = 0
     not_ike: int = 0
     unknown_spi: int = 0
     cookies_sent: int = 0
@@ -137,6 +147,8 @@ class _Filed:
     half_open: tuple[str, bytes] | None = None
     timer: float | None = None
     seq: int = 0
+    #: Whether it lingers once ended (see the module doc).
+    linger: bool = True
 
 
 @dataclass(slots=True)
@@ -251,6 +263,15 @@ class IkeEndpoint:
         went to (None when it was dropped or answered statelessly).  Never raises on
         peer input."""
         self.stats.received += 1
+        if len(data) > self.limits.max_datagram:
+            self.stats.oversize += 1
+            log.debug(
+                "dropped %d-byte datagram from %s: longer than %d bytes",
+                len(data),
+                fmt_addr(remote),
+                self.limits.max_datagram,
+            )
+            return None
         self._rotate_cookie(now)
         body = data
         if local[1] == NATT_PORT:
@@ -293,7 +314,10 @@ class IkeEndpoint:
             if filed is None or filed.timer != t or filed.seq != seq:
                 continue  # superseded
             filed.timer = None
+            half_open = filed.half_open is not None
             filed.sa.handle_timer(now)
+            if half_open and filed.sa.state in END_STATES:
+                filed.linger = False  # expired half-open: nothing to answer
             self.pump(filed.sa, now)
         self._expire_lingering(now)
 
@@ -359,6 +383,9 @@ class IkeEndpoint:
         filed.timer = None
         if sa.ended_at is None:
             sa.ended_at = now
+            if not filed.linger:
+                self._forget(sa)
+                return
             self._lingering.append((now, sa))
             while len(self._lingering) > self.limits.max_lingering:
                 self._forget(self._lingering.popleft()[1])
@@ -421,6 +448,9 @@ class IkeEndpoint:
         sa.created_at = now
         self.add(sa)
         filed = self._filed[id(sa)]
+        # refused in IKE_SA_INIT (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD...): the answer
+        # is not cached and the retry is a new request (RFC 7296 1.2, 2.6): forget it
+        filed.linger = sa.state not in END_STATES
         if sa.state == IkeState.EXPECT_AUTH_REQUEST:
             key = (ip, sa.spi_i)
             self._half_open[key] = sa

@@ -386,6 +386,7 @@ class IkeSa:
                 f"no IKE_AUTH request within {self.config.half_open_timeout:g} s "
                 "of IKE_SA_INIT (half-open SA expired)",
                 None,
+                unauthenticated=True,
             )
             return
         due = self._window.due(now)
@@ -809,10 +810,19 @@ class IkeSa:
         assert self.keys is not None
         return self.keys.seal(self._header(exchange, message_id, response), inner)
 
-    def fail(self, reason: str, notify: int | None) -> None:
+    def fail(self, reason: str, notify: int | None, *, unauthenticated: bool = False) -> None:
+        """End the SA as FAILED.  ``unauthenticated``: the failure is about a responder
+        nobody has authenticated to yet (an IKE_SA_INIT request refused, a half-open SA
+        that timed out): anyone can cause it at will, so it is logged at info, not
+        warning (docs/limits.md "IKE": the log volume of a flood)."""
         if self.state in END_STATES:
             return
-        log.warning("%s: failed: %s", self.name, reason)
+        log.log(
+            logging.INFO if unauthenticated else logging.WARNING,
+            "%s: failed: %s",
+            self.name,
+            reason,
+        )
         self._drop_children(by_peer=False, reason=f"IKE SA failed: {reason}")
         self.trigger(IkeTrigger.FAILED)
         self.emit(IkeSaFailed(reason, notify, connection=self.config.name))
@@ -1180,7 +1190,8 @@ class IkeSa:
         name = notify_name(exc.notify)
         if msg.exchange_type == ExchangeType.IKE_SA_INIT:
             if exc.notify in _CLEAR_ERRORS:
-                log.warning("%s: answering %s: %s", self.name, name, exc.message)
+                # anyone can send an IKE_SA_INIT request: info, not warning (see fail)
+                log.info("%s: answering %s: %s", self.name, name, exc.message)
                 reply = codec.build_message(
                     Message(
                         msg.spi_i,
@@ -1204,7 +1215,11 @@ class IkeSa:
             if exc.notify == NotifyType.INVALID_KE_PAYLOAD:
                 self.trigger(IkeTrigger.FAILED)  # no failure: the retry is a new SA
                 return
-            self.fail(f"IKE_SA_INIT request refused: {exc.message}", int(exc.notify))
+            self.fail(
+                f"IKE_SA_INIT request refused: {exc.message}",
+                int(exc.notify),
+                unauthenticated=True,
+            )
             return
         log.warning(
             "%s: answering %s to %s request %d: %s",

@@ -69,3 +69,26 @@ def test_unknown_notify_code_in_str() -> None:
 def test_parse_raises_only_ike_errors(data: bytes) -> None:
     with pytest.raises(IkeError):
         parse_message(data)
+
+
+def _vendor_chain(n: int) -> bytes:
+    """An IKE_SA_INIT request holding ``n`` empty Vendor ID payloads."""
+    body = b"".join(bytes((43 if i < n - 1 else 0, 0, 0, 4)) for i in range(n))
+    header = bytes(range(1, 9)) + bytes(8) + bytes((43, 0x20, 34, 0x08)) + bytes(4)
+    return header + (28 + len(body)).to_bytes(4, "big") + body
+
+
+def test_payloads_per_chain_are_capped() -> None:
+    # docs/limits.md "IKE": a datagram of empty payloads must not cost a parse step per
+    # four bytes; 64 still parse, one more is refused with the place named
+    from ipsecd.ike.codec import MAX_PAYLOADS, parse_payloads
+
+    assert MAX_PAYLOADS == 64
+    assert len(parse_message(_vendor_chain(64)).payloads) == 64
+    with pytest.raises(IkeParseError, match="more than 64 payloads"):
+        parse_message(_vendor_chain(65))
+    with pytest.raises(IkeParseError, match="more than 64 payloads"):
+        parse_message(_vendor_chain(16000))
+    inner = _vendor_chain(65)[28:]
+    with pytest.raises(IkeParseError, match="more than 64 payloads"):
+        parse_payloads(inner, 43)  # the plaintext of an SK payload too
