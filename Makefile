@@ -8,11 +8,12 @@ PYTEST_ARGS ?=
 # scripts/lab.py options for lab-test, e.g. LAB_ARGS='--timeout 1800'
 LAB_ARGS ?= --timeout 2400
 
-# Debian packages the test tiers need (etcd, strongSwan, kernel lab, namespaces, captures).
-APT_PACKAGES := python3-venv etcd-server etcd-client iproute2 iputils-ping tcpdump kmod \
+# Debian packages the test tiers need (etcd, strongSwan, kernel lab, namespaces, captures,
+# nftables for the NAT namespace of tests/support/nat.py).
+APT_PACKAGES := python3-venv etcd-server etcd-client iproute2 iputils-ping tcpdump kmod nftables \
 	strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins \
-	libstrongswan-standard-plugins \
-	qemu-system-x86 linux-image-amd64 busybox-static
+	libstrongswan-standard-plugins strongswan-pki \
+	qemu-system-x86 linux-image-amd64 busybox-static tshark
 
 .PHONY: help deps venv check lint fmt typecheck unit test lab-test bench demo proto proto-check clean
 
@@ -75,6 +76,20 @@ proto: venv
 
 proto-check: venv
 	$(PYTHON) scripts/genproto.py --check
+
+# Coverage-guided fuzzing (docs/operations.md "Fuzzing"): each target of tests/fuzz for
+# FUZZ_SECONDS, one after the other, at the lowest CPU priority.  Corpora and findings
+# (crash-*, timeout-*) stay in FUZZ_DIR/TARGET, so a later run goes on from there.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= codec endpoint sealed spd
+FUZZ_DIR ?= $(or $(TMPDIR),/tmp)/ipsecd-fuzz
+.PHONY: fuzz
+fuzz: venv
+	@rc=0; for t in $(FUZZ_TARGETS); do \
+		echo "== tests/fuzz/fuzz_$$t.py for $(FUZZ_SECONDS) s (corpus and findings: $(FUZZ_DIR)/$$t)"; \
+		IPSECD_FUZZ_DIR=$(FUZZ_DIR) nice -n 19 $(PYTHON) tests/fuzz/fuzz_$$t.py \
+			-max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS) || { rc=1; echo "== fuzz_$$t: FINDING"; }; \
+	done; exit $$rc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

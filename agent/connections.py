@@ -26,8 +26,12 @@ from ipsecd.ike import (
     parse_child_proposal,
     parse_ike_proposal,
 )
-from ipsecd.ike.constants import ProtocolId
+from ipsecd.ike.config import SendCert
+from ipsecd.ike.constants import IdType, ProtocolId
+from ipsecd.ike.pki import id_matches
 from ipsecd.spd.secrets import Secret, SecretRef
+
+from .credentials import CredentialError, Credentials
 
 __all__ = ["Unusable", "connection_digest", "ike_config"]
 
@@ -72,23 +76,58 @@ def connection_digest(conn: spd.IkeConnection, secrets: Mapping[str, bytes]) -> 
     return hashlib.sha256((repr(sorted(fields.items(), key=str)) + key).encode()).hexdigest()
 
 
+def _certificates(
+    conn: spd.IkeConnection, credentials: Credentials | None
+) -> dict[str, object] | str:
+    """The IkeConfig fields of ``auth certificate``, or why they cannot be had."""
+    creds = credentials or Credentials()
+    try:
+        local = creds.local(conn.auth_cert, conn.auth_key)
+        trust = creds.trust(conn.auth_ca)
+    except CredentialError as exc:
+        return f"{conn.origin}: auth certificate: {exc}"
+    me = Identity.parse(conn.local_id)
+    if not id_matches(local.chain[0], me):
+        subject = local.chain[0].subject.rfc4514_string()
+        where = (
+            "subjectAltName IP"
+            if me.type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR)
+            else ("subjectAltName DNS" if me.type == IdType.FQDN else "subject")
+        )
+        return (
+            f"{conn.origin}: our certificate ({subject}) does not name our identity {me} "
+            f"({where}), so the peer would refuse it: issue the certificate with it, or change "
+            "the connection's 'id'"
+        )
+    return {
+        "credentials": local,
+        "trust": trust,
+        "send_cert": SendCert(conn.send_cert),
+        "allow_legacy_auth": conn.legacy_auth,
+    }
+
+
 def ike_config(
     conn: spd.IkeConnection,
     secrets: Mapping[str, bytes],
     *,
     dpd: float | None = None,
     retransmit: object | None = None,
+    credentials: Credentials | None = None,
 ) -> IkeConfig | Unusable:
     """The engine configuration of ``conn``, or why it cannot run."""
-    if conn.auth != "psk":
-        return Unusable(
-            conn.name,
-            f"{conn.origin}: 'auth {conn.auth}' is not available in this version (certificate "
-            "authentication comes with the cluster CA); use 'auth psk secret:NAME' for now",
-        )
-    psk = _psk(conn, secrets)
-    if isinstance(psk, str):
-        return Unusable(conn.name, psk)
+    extra: dict[str, object] = {}
+    psk = b""
+    if conn.auth == "certificate":
+        made = _certificates(conn, credentials)
+        if isinstance(made, str):
+            return Unusable(conn.name, made)
+        extra.update(made)
+    else:
+        key = _psk(conn, secrets)
+        if isinstance(key, str):
+            return Unusable(conn.name, key)
+        psk = key
     try:
         ike = tuple(parse_ike_proposal(p) for p in conn.ike_proposals)
         mode = Mode.TUNNEL if conn.mode is spd.Mode.TUNNEL else Mode.TRANSPORT
@@ -117,7 +156,6 @@ def ike_config(
                     name=proto.value,
                 )
             )
-        extra: dict[str, object] = {}
         if retransmit is not None:
             extra["retransmit"] = retransmit
         return IkeConfig(

@@ -37,6 +37,7 @@ from ipsecd.spd import NodeInfo, SpdError
 from ipsecd.v1 import types_pb2
 
 from .connections import Unusable, connection_digest, ike_config
+from .credentials import Credentials, NodeFiles
 from .ike_driver import IkeDriver
 from .kernel import DesiredKernel, KernelConfigError, desired_state, kernel_reqid
 from .status import StatusServer
@@ -79,6 +80,10 @@ class AgentOptions:
     limits: EndpointLimits | None = None
     grace: float = 5.0
     status_interval: float = 10.0
+    #: The node's certificate files (--cert, --key, --ca, --crl) and how often they
+    #: and the files the SPD names are checked for changes (docs/operations.md).
+    node_files: NodeFiles = field(default_factory=NodeFiles)
+    credential_check: float = 60.0
     ipv6: bool = True
 
     @property
@@ -178,6 +183,8 @@ class Daemon:
         self.stream: Any = None
         self.started = time.time()
         self.unmatched = UnmatchedLogger(opts.netns)
+        self.credentials = Credentials(opts.node_files)
+        self._recheck = asyncio.Event()
 
     # ------------------------------------------------------------------ run
     async def run(self) -> int:
@@ -201,6 +208,7 @@ class Daemon:
             else:
                 self._tasks.append(asyncio.create_task(self._reloader(), name="reloader"))
             self._tasks.append(asyncio.create_task(self.unmatched.run(), name="unmatched"))
+            self._tasks.append(asyncio.create_task(self._watch_credentials(), name="certs"))
             await self._stop.wait()
             await self._shutdown()
             return 0
@@ -218,8 +226,24 @@ class Daemon:
         self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: reread the SPD file (standalone mode)."""
+        """SIGHUP: reread the SPD file (standalone mode) and the certificate files."""
         self._reload.set()
+        self._recheck.set()
+
+    async def _watch_credentials(self) -> None:
+        """CA and CRL files that changed are re-read; established peers are checked
+        against them again (agent/credentials.py)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck.wait(), self.opts.credential_check)
+            self._recheck.clear()
+            changed = await asyncio.to_thread(self.credentials.refresh)
+            for line in changed:
+                log.info("certificate files changed: %s", line)
+            if changed:
+                dropped = self.supervisor.recheck_peers()
+                if dropped:
+                    log.warning("%d IKE SA(s) deleted: their peers' certificates", dropped)
 
     async def _shutdown(self) -> None:
         """RFC 7296 1.4.1: tell the peers (Delete), give them a moment to answer."""
@@ -339,7 +363,9 @@ class Daemon:
     def _conns(self, cfg: spd.NodeConfig) -> list[Conn]:
         out = []
         for c in cfg.connections:
-            made = ike_config(c, self.secrets, retransmit=self.opts.retransmit)
+            made = ike_config(
+                c, self.secrets, retransmit=self.opts.retransmit, credentials=self.credentials
+            )
             problem = made.reason if isinstance(made, Unusable) else None
             if problem:
                 log.warning("%s", problem)

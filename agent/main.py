@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ipsecd.spd import SpdError, load_file
 
+from .credentials import NodeFiles
 from .daemon import STATE_DIR, AgentOptions, ApplyError, Daemon
 from .logsetup import setup_logging
 from .status import DEFAULT_SOCKET
@@ -120,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
         help='values of secret:NAME references (NAME = 0xHEX or "text"), mode 0600',
     )
     p.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=None,
+        help="this node's certificate (PEM; the chain to the cluster CA may follow) for "
+        "'auth certificate'",
+    )
+    p.add_argument(
+        "--key", metavar="FILE", default=None, help="the private key of --cert (PEM, mode 0600)"
+    )
+    p.add_argument("--ca", metavar="FILE", default=None, help="the cluster CA certificate(s) (PEM)")
+    p.add_argument(
+        "--crl",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="a CRL (PEM or DER) checked for every peer certificate; re-read when it "
+        "changes (may be repeated)",
+    )
+    p.add_argument(
         "--state-dir",
         default=str(STATE_DIR),
         help=f"where the agent keeps its state (default {STATE_DIR}, mode 0700)",
@@ -160,6 +180,14 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
     if controllers and args.backup:
         raise ValueError("-b is for standalone mode (the controller keeps the revisions)")
     spd_file = Path(args.file or DEFAULT_SPD)
+    if bool(args.cert) != bool(args.key):
+        raise ValueError("--cert and --key go together: the certificate and its private key")
+    node_files = NodeFiles(
+        Path(args.cert) if args.cert else None,
+        Path(args.key) if args.key else None,
+        Path(args.ca) if args.ca else None,
+        tuple(Path(c) for c in args.crl),
+    )
     return AgentOptions(
         node=args.node or socket.gethostname(),
         spd_file=None if controllers else spd_file,
@@ -174,6 +202,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         socket_path=Path(args.socket),
         netns=args.netns,
         log_unmatched=args.log_unmatched,
+        node_files=node_files,
     )
 
 

@@ -46,6 +46,7 @@ from ipsecd.ike.events import (
     IkeSaRekeyed,
     PeerAddressChanged,
 )
+from ipsecd.ike.pki import CertificateError
 from ipsecd.ike.states import IkeState
 
 from .ike_driver import IkeDriver, IkeDriverError
@@ -426,6 +427,34 @@ class Supervisor:
             sa.delete(now)
         self.driver.nudge()
 
+    def recheck_peers(self) -> int:
+        """After CA or CRL files changed: check every established peer's certificate
+        again and delete the IKE SAs of those no longer valid (revoked, or their CA no
+        longer trusted).  Returns how many were deleted."""
+        now = self.clock()
+        dropped = 0
+        for sa in self.driver.sas:
+            auth, trust = sa.peer_auth, sa.config.trust
+            if sa.state != IkeState.ESTABLISHED or auth is None or trust is None:
+                continue
+            if auth.certificate is None:
+                continue
+            try:
+                trust.store.validate(auth.certificate, auth.chain[1:], trust.clock())
+            except CertificateError as exc:
+                log.warning(
+                    "%s: peer certificate %s no longer valid (%s: %s): deleting the IKE SA",
+                    sa.name,
+                    auth.subject,
+                    exc.failure.value,
+                    exc.message,
+                )
+                sa.delete(now)
+                dropped += 1
+        if dropped:
+            self.driver.nudge()
+        return dropped
+
     def status(self) -> list[dict[str, object]]:
         out = []
         for conn in sorted(self.conns.values(), key=lambda c: c.name):
@@ -442,6 +471,8 @@ class Supervisor:
                     "initiator": conn.initiates,
                     "reqid": conn.reqid,
                     "ike_spis": f"{sa.spi_i.hex()}:{sa.spi_r.hex()}" if sa is not None else None,
+                    "peer_auth": sa.peer_auth.method if sa and sa.peer_auth else None,
+                    "peer_certificate": sa.peer_auth.subject if sa and sa.peer_auth else None,
                     "children": [
                         {
                             "in": f"{ev.inbound_spi:08x}",

@@ -981,6 +981,10 @@ def _parse_delete(body: bytes, critical: bool, label: str, boff: int) -> DeleteP
     _need(body, 4, label, boff, "Delete header")
     spi_size = body[1]
     count = _u16(body, 2)
+    if spi_size == 0 and count:
+        # RFC 7296 3.11: SPI Size 0 is the IKE SA's Delete, which carries no SPI; a
+        # count of empty SPIs would cost a step each for nothing
+        raise IkeParseError(label, boff + 2, f"{count} SPIs of 0 bytes (SPI Size 0 takes none)")
     if len(body) != 4 + spi_size * count:
         raise IkeParseError(
             label,

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Self
+from typing import TYPE_CHECKING, Self
+
+from cryptography import x509
 
 from .constants import (
     DhGroup,
@@ -34,6 +37,10 @@ from .constants import (
 from .crypto import check_transform
 from .errors import IkeLocalError
 
+if TYPE_CHECKING:
+    from .auth import Trust
+    from .pki import LocalCredentials
+
 __all__ = [
     "ALGORITHM_TOKENS",
     "DEFAULT_CHILD_PROPOSALS",
@@ -46,6 +53,7 @@ __all__ = [
     "Proposal",
     "RetransmitConfig",
     "Role",
+    "SendCert",
     "TrafficSelector",
     "Transform",
     "parse_child_proposal",
@@ -60,6 +68,17 @@ class Mode(enum.Enum):
 
     TRANSPORT = "transport"
     TUNNEL = "tunnel"
+
+
+class SendCert(enum.Enum):
+    """When our certificate chain goes in CERT payloads (strongSwan's ``send_cert``)."""
+
+    #: In every IKE_AUTH message we send.
+    ALWAYS = "always"
+    #: Only when the peer sent a CERTREQ (in IKE_SA_INIT or IKE_AUTH, RFC 7296 3.7).
+    IF_ASKED = "ifasked"
+    #: Never: the peer has our certificate already.
+    NEVER = "never"
 
 
 class Role(enum.Enum):
@@ -80,7 +99,8 @@ class Role(enum.Enum):
 class Identity:
     """An IKE identity (RFC 7296 3.5): ``type`` and the raw identification data.
 
-    Build them with :meth:`ip`, :meth:`fqdn`, :meth:`key_id` or :meth:`parse`.
+    Build them with :meth:`ip`, :meth:`fqdn`, :meth:`rfc822`, :meth:`dn`, :meth:`key_id`
+    or :meth:`parse`.
     """
 
     type: IdType
@@ -119,11 +139,45 @@ class Identity:
         return cls(IdType.KEY_ID, bytes(data))
 
     @classmethod
+    def rfc822(cls, address: str) -> Self:
+        """RFC822_ADDR identity: an e-mail address, ``user@domain`` (RFC 7296 3.5)."""
+        try:
+            data = address.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise IkeLocalError(f"Identity: e-mail address {address!r} is not ASCII") from exc
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain:
+            raise IkeLocalError(f"Identity: {address!r} is not an e-mail address (user@domain)")
+        return cls(IdType.RFC822_ADDR, data)
+
+    @classmethod
+    def dn(cls, name: x509.Name) -> Self:
+        """DER_ASN1_DN identity: the DER encoding of an X.500 name (RFC 7296 3.5), e.g.
+        a certificate's subject (see :func:`ipsecd.ike.pki.identity_of`)."""
+        if not name.rdns:
+            raise IkeLocalError("Identity: the distinguished name is empty")
+        return cls(IdType.DER_ASN1_DN, name.public_bytes())
+
+    @classmethod
     def parse(cls, text: str) -> Self:
-        """``192.0.2.1``, ``fd00::1``, ``fqdn:host.example``, ``keyid:0a0b`` (hex),
-        ``keyid:@text``; a bare name is an FQDN."""
+        """``192.0.2.1``, ``fd00::1``, ``fqdn:host.example``, ``email:user@example.org``,
+        ``dn:CN=host,O=Example`` (RFC 4514 order: the most specific RDN first),
+        ``keyid:0a0b`` (hex), ``keyid:@text``; a bare name is an FQDN."""
         if text.startswith("fqdn:"):
             return cls.fqdn(text[5:])
+        if text.startswith("email:"):
+            return cls.rfc822(text[6:])
+        if text.startswith("dn:"):
+            # RFC 4514 text; blanks after the commas are allowed, as strongSwan writes
+            # DNs ("CN=hq, O=Example") and docs/spd.md accepts them
+            for candidate in (text[3:], re.sub(r",\s+", ",", text[3:])):
+                try:
+                    return cls.dn(x509.Name.from_rfc4514_string(candidate))
+                except ValueError:
+                    continue
+            raise IkeLocalError(
+                f"Identity: {text!r}: dn: wants an RFC 4514 name such as CN=host,O=Example"
+            )
         if text.startswith("keyid:@"):
             return cls.key_id(text[7:].encode())
         if text.startswith("keyid:"):
@@ -139,6 +193,17 @@ class Identity:
             return cls.fqdn(text)
         return cls.ip(text)
 
+    def matches(self, other: Identity) -> bool:
+        """Equality as IKE means it: two DER_ASN1_DN identities are the same name when
+        they decode to equal names (the string types of their values may differ, as a
+        certificate and a configuration often do); anything else compares bytes."""
+        if self.type == other.type == IdType.DER_ASN1_DN and self.data != other.data:
+            try:
+                return x509.Name.from_bytes(self.data) == x509.Name.from_bytes(other.data)
+            except ValueError:
+                return False
+        return self == other
+
     def __str__(self) -> str:
         if self.type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
             return str(ipaddress.ip_address(self.data))
@@ -146,6 +211,13 @@ class Identity:
             return self.data.decode("ascii", "replace")
         if self.type == IdType.KEY_ID:
             return "keyid:" + self.data.hex()
+        if self.type == IdType.RFC822_ADDR:
+            return "email:" + self.data.decode("ascii", "replace")
+        if self.type == IdType.DER_ASN1_DN:
+            try:
+                return "dn:" + x509.Name.from_bytes(self.data).rfc4514_string()
+            except ValueError:
+                pass  # not a DER name: shown in hex below
         return f"{self.type.name}:{self.data.hex()}"
 
 
@@ -554,7 +626,13 @@ class ChildConfig:
 class IkeConfig:
     """One IKE connection with one peer.
 
-    ``remote_id`` ``None`` accepts any peer identity (the PSK still has to match).
+    ``remote_id`` ``None`` accepts any peer identity (the PSK still has to match, or
+    the certificate has to chain to ``trust`` and name that identity).
+
+    Authentication, per direction (:mod:`ipsecd.ike.auth`): we sign with
+    ``credentials`` when set, else use ``psk``; the peer must present a certificate
+    from ``trust`` when set, else use ``psk``.  ``psk`` may be empty only when both
+    are set.
     ``local_address``/``remote_address`` (plain IPs) are what a responder's config
     lookup matches on (see :func:`ipsecd.ike.engine.lookup_by_address`).
     """
@@ -587,6 +665,16 @@ class IkeConfig:
     #: IKE SAs it still has with us.  Set it for the first IKE SA with a peer after the
     #: agent (re)starts, not for every SA.
     initial_contact: bool = False
+    #: Certificate authentication (RFC 7296 2.15, RFC 7427): our chain and key, and the
+    #: CAs the peer's certificate must chain to (see the class doc).
+    credentials: LocalCredentials | None = None
+    trust: Trust | None = None
+    #: When our chain is sent in CERT payloads (we always send a CERTREQ with ``trust``).
+    send_cert: SendCert = SendCert.IF_ASKED
+    #: Sign and accept the signature methods older than RFC 7427 (RSA method 1 with
+    #: SHA-1, ECDSA methods 9-11) with a peer that does not announce
+    #: SIGNATURE_HASH_ALGORITHMS.
+    allow_legacy_auth: bool = False
     #: Send and check NAT detection notifications (RFC 7296 2.23).
     nat_traversal: bool = True
     #: Pretend to be behind a NAT so that ESP is UDP-encapsulated (like charon's
@@ -595,12 +683,23 @@ class IkeConfig:
     nonce_length: int = 32
     #: Behind a NAT, send a NAT keepalive (RFC 3948 2.3) after this many idle seconds.
     nat_keepalive: float | None = 20.0
+    #: IKE fragmentation (RFC 7383, :mod:`ipsecd.ike.fragments`): offered in
+    #: IKE_SA_INIT; used when the peer offers it too.
+    fragmentation: bool = True
+    #: Largest datagram we send once fragmentation is in use, counted as strongSwan's
+    #: ``charon.fragment_size`` counts it: the whole IP datagram (IP header 20/40, UDP 8,
+    #: non-ESP marker 4 on port 4500 included).  1,280 (strongSwan's default for IPv4
+    #: and IPv6) is the IPv6 minimum MTU; 576 (RFC 791) is the conservative IPv4 choice.
+    fragment_size: int = 1280
 
     def __post_init__(self) -> None:
         if not self.name:
             raise IkeLocalError("IkeConfig: name is empty")
-        if not self.psk:
-            raise IkeLocalError(f"IkeConfig {self.name!r}: psk is empty")
+        if not self.psk and (self.credentials is None or self.trust is None):
+            raise IkeLocalError(
+                f"IkeConfig {self.name!r}: psk is empty (it may be only when both "
+                "credentials and trust are set: certificates both ways)"
+            )
         if not self.ike_proposals:
             raise IkeLocalError(f"IkeConfig {self.name!r}: ike_proposals is empty")
         for p in self.ike_proposals:
@@ -622,6 +721,9 @@ class IkeConfig:
             raise IkeLocalError(f"IkeConfig {self.name!r}: jitter must be in [0, 1)")
         if self.nat_keepalive is not None and self.nat_keepalive <= 0:
             raise IkeLocalError(f"IkeConfig {self.name!r}: nat_keepalive must be > 0 (or None)")
+        # 576: the IPv4 datagram every host accepts (RFC 791); 65,535: the UDP maximum
+        if not 576 <= self.fragment_size <= 65535:
+            raise IkeLocalError(f"IkeConfig {self.name!r}: fragment_size must be 576..65535")
         for label, value in (
             ("local_address", self.local_address),
             ("remote_address", self.remote_address),

@@ -21,6 +21,7 @@ __all__ = [
     "EncrId",
     "EsnId",
     "ExchangeType",
+    "HashAlgorithm",
     "HeaderFlag",
     "IdType",
     "IntegId",
@@ -260,6 +261,16 @@ class AuthMethod(IntEnum):
     GENERIC_SECURE_PASSWORD = 12
     NULL = 13
     DIGITAL_SIGNATURE = 14
+
+
+class HashAlgorithm(IntEnum):
+    """IKEv2 Hash Algorithms of SIGNATURE_HASH_ALGORITHMS (RFC 7427 7, RFC 8420 2)."""
+
+    SHA1 = 1
+    SHA2_256 = 2
+    SHA2_384 = 3
+    SHA2_512 = 4
+    IDENTITY = 5  # RFC 8420: EdDSA signs the octets themselves
 
 
 class TsType(IntEnum):

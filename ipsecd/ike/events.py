@@ -63,6 +63,10 @@ class IkeSaEstablished:
     initial_contact: bool = False
     #: Connection name (``IkeConfig.name``), as in every event.
     connection: str = ""
+    #: How the peer authenticated: "psk" or the signature scheme ("ecdsa-sha256", ...),
+    #: and the subject of its certificate (RFC 4514 text; empty with a PSK).
+    peer_auth: str = ""
+    peer_certificate: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,9 +38,9 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from . import codec
+from . import codec, fragments
 from . import crypto as ikecrypto
 from .child import ChildSa, ChildSpec, IkeContext, derive_child
 from .codec import Message, NotifyPayload, Payload
@@ -81,6 +81,9 @@ from .states import END_STATES, REQUESTS, ChildState, ChildTrigger, IkeState, Ik
 from .tasks import child_create, ike_auth, ike_init, ike_rekey, informational
 from .tasks.base import Task
 from .tasks.ike_init import InitData
+
+if TYPE_CHECKING:
+    from .auth import PeerAuth
 from .window import RequestKind, RequestWindow, ResponseCache
 
 __all__ = ["ConfigLookup", "IkeSa", "SpiAllocator", "lookup_by_address"]
@@ -174,6 +177,17 @@ class IkeSa:
         self.remote_id: Identity | None = None
         #: The peer sent INITIAL_CONTACT in IKE_AUTH (RFC 7296 2.4).
         self.peer_initial_contact = False
+        #: The hashes the peer announced in SIGNATURE_HASH_ALGORITHMS (RFC 7427 4),
+        #: None when it sent none; whether it sent a CERTREQ (RFC 7296 3.7); how it
+        #: authenticated (set once IKE_AUTH checked it; kept by IKE SA rekeys).
+        self.peer_hashes: frozenset[int] | None = None
+        self.peer_certreq = False
+        self.peer_auth: PeerAuth | None = None
+        #: The peer offered IKE fragmentation in IKE_SA_INIT (RFC 7383 2.3); see
+        #: ``fragmentation``.
+        self.peer_fragmentation = False
+        #: The peer's fragmented messages being reassembled (RFC 7383 2.6).
+        self.reassembly = fragments.Reassembly(config.retransmit.give_up_after())
         #: Peer input dropped (malformed, unauthenticated, out of window).
         self.peer_errors = 0
         #: Unexpected errors swallowed at the receive boundary (a bug if ever non-zero;
@@ -235,6 +249,11 @@ class IkeSa:
     @property
     def established(self) -> bool:
         return self.state == IkeState.ESTABLISHED
+
+    @property
+    def fragmentation(self) -> bool:
+        """IKE fragmentation is in use: both sides offered it (RFC 7383 2.3)."""
+        return self.config.fragmentation and self.peer_fragmentation
 
     @property
     def children(self) -> tuple[ChildSa, ...]:
@@ -389,6 +408,15 @@ class IkeSa:
                 unauthenticated=True,
             )
             return
+        for partial in self.reassembly.expire(now):
+            log.info(
+                "%s: discarded message %d: %d of %d fragments after %g s",
+                self.name,
+                partial.message_id,
+                len(partial.chunks),
+                partial.total,
+                now - partial.started,
+            )
         due = self._window.due(now)
         if isinstance(due, tuple):
             req = self._window.outstanding
@@ -434,7 +462,7 @@ class IkeSa:
             self._rekey_at = None
             self.rekey_ike(now)
         for child in list(self._children.values()):
-            if not child.alive:
+            if not child.alive or child.state == ChildState.DELETING:
                 continue
             if now >= child.expire_at:
                 self._child_hard_expiry(child, now)
@@ -472,7 +500,7 @@ class IkeSa:
         if self.state in END_STATES:
             return None
         times: list[float] = []
-        for t in (self._window.timer(), self._half_open_deadline):
+        for t in (self._window.timer(), self._half_open_deadline, self.reassembly.deadline()):
             if t is not None:
                 times.append(t)
         if self.state == IkeState.REKEYED and self._replaced_deadline is not None:
@@ -482,7 +510,9 @@ class IkeSa:
                 if t is not None:
                     times.append(t)
             for child in self._children.values():
-                if child.alive:
+                # a DELETING child waits for the answer to its Delete (the window's
+                # timer): its hard lifetime no longer calls for anything
+                if child.alive and child.state != ChildState.DELETING:
                     times.append(child.expire_at)
                     if child.rekey_at is not None:
                         times.append(child.rekey_at)
@@ -643,6 +673,7 @@ class IkeSa:
         new = next_state(old, what)
         self.state = new
         if new in END_STATES:
+            self.reassembly.clear()
             self._half_open_deadline = None
             self._window.done()
             for task in self._queue:
@@ -780,8 +811,8 @@ class IkeSa:
     def send_notice(self, payloads: list[Payload], now: float) -> None:
         """An INFORMATIONAL request whose answer is not awaited (RFC 7296 2.21.2:
         AUTHENTICATION_FAILED after a bad IKE_AUTH answer, just before we give up)."""
-        raw = self.protect(ExchangeType.INFORMATIONAL, self._window.allocate(), False, payloads)
-        self._send_datagrams((self._frame(raw),), now)
+        mid = self._window.allocate()
+        self._send_datagrams(self.protect_datagrams(ExchangeType.INFORMATIONAL, mid, payloads), now)
 
     def window_done(self) -> None:
         self._window.done()
@@ -800,15 +831,46 @@ class IkeSa:
     def respond_raw(self, raw: bytes, request: bytes, addr: Addr) -> None:
         """Send an answer and remember it for retransmissions (RFC 7296 2.1); the
         answer goes to the address and port the request came from (2.11)."""
-        framed = self._frame(raw)
-        self._cache.store(request, (framed,))
-        self._outbox.append((framed, addr))
+        self.respond_datagrams((self._frame(raw),), request, addr)
+
+    def respond_datagrams(self, datagrams: tuple[bytes, ...], request: bytes, addr: Addr) -> None:
+        """:meth:`respond_raw` for framed datagrams (all the fragments of one answer:
+        a retransmitted request gets them all again, RFC 7383 2.6.1)."""
+        self._cache.store(request, datagrams)
+        self._outbox.extend((d, addr) for d in datagrams)
 
     def protect(
         self, exchange: int, message_id: int, response: bool, inner: Sequence[Payload]
     ) -> bytes:
         assert self.keys is not None
         return self.keys.seal(self._header(exchange, message_id, response), inner)
+
+    def protect_datagrams(
+        self, exchange: int, message_id: int, inner: Sequence[Payload], *, response: bool = False
+    ) -> tuple[bytes, ...]:
+        """The framed datagrams of a protected message: one, or its SKF fragments when
+        fragmentation is in use and the whole would exceed ``fragment_size`` (RFC 7383
+        2.5; the IP and UDP headers and the non-ESP marker count, as in strongSwan)."""
+        assert self.keys is not None
+        header = self._header(exchange, message_id, response)
+        framed = self._frame(self.keys.seal(header, inner))
+        if not self.fragmentation:
+            return (framed,)
+        room = self.config.fragment_size - fragments.ip_udp_overhead(self.remote_addr[0])
+        if len(framed) <= room:
+            return (framed,)
+        room -= len(self._frame(b""))  # the non-ESP marker on port 4500
+        parts = tuple(self._frame(p) for p in self.keys.seal_fragments(header, inner, room))
+        log.debug(
+            "%s: %s %s %d (%d bytes) sent in %d fragments",
+            self.name,
+            exchange_name(exchange),
+            "response" if response else "request",
+            message_id,
+            len(framed),
+            len(parts),
+        )
+        return parts
 
     def fail(self, reason: str, notify: int | None, *, unauthenticated: bool = False) -> None:
         """End the SA as FAILED.  ``unauthenticated``: the failure is about a responder
@@ -870,6 +932,9 @@ class IkeSa:
         new.candidates = [self.config]
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
         new.remote_id = self.remote_id
+        new.peer_auth = self.peer_auth
+        new.peer_hashes = self.peer_hashes
+        new.peer_fragmentation = self.peer_fragmentation  # as strongSwan's inherit_post
         new.ike_choice = choice
         keys = ikecrypto.derive_rekeyed_ike_keys(
             self.keys.prf_id, self.keys.sk_d, suite(choice), shared, nonce_i, nonce_r, spi_i, spi_r
@@ -916,15 +981,16 @@ class IkeSa:
 
     def _child_hard_expiry(self, child: ChildSa, now: float) -> None:
         """A CHILD SA reached its hard lifetime without a replacement in time: delete
-        it (RFC 7296 2.8) and start a fresh one, unless it had been replaced."""
+        it (RFC 7296 2.8) and start a fresh one, unless it had been replaced.  One being
+        deleted already is left to its Delete exchange."""
+        if child.state == ChildState.DELETING:
+            return
         log.warning(
             "%s: CHILD SA %08x/%08x reached its hard lifetime",
             self.name,
             child.inbound_spi,
             child.outbound_spi,
         )
-        if child.state == ChildState.DELETING:
-            return
         replaced = child.replaced_by is not None
         self._queue.appendleft(informational.ChildDelete(child))
         if not replaced:
@@ -973,6 +1039,8 @@ class IkeSa:
             nat_remote=self.nat_remote,
             lifetime=self.config.ike_lifetime,
             initial_contact=self.peer_initial_contact,
+            peer_auth=self.peer_auth.method if self.peer_auth else "",
+            peer_certificate=self.peer_auth.subject if self.peer_auth else "",
         )
 
     def _frame(self, message: bytes) -> bytes:
@@ -1028,10 +1096,10 @@ class IkeSa:
                 )
             )
             self.init.request = raw
+            framed: tuple[bytes, ...] = (self._frame(raw),)
         else:
             mid = self._window.allocate()
-            raw = self.protect(exchange, mid, False, payloads)
-        framed = (self._frame(raw),)
+            framed = self.protect_datagrams(exchange, mid, payloads)
         self._window.send(mid, exchange, framed, task, now)
         self._send_datagrams(framed, now)
 
@@ -1076,6 +1144,16 @@ class IkeSa:
     def _on_request(
         self, msg: Message, data: bytes, addr: Addr, via_natt: bool, now: float
     ) -> None:
+        skf = msg.skf
+        if (
+            skf is not None
+            and skf.fragment_number != 1
+            and self.fragmentation
+            and msg.message_id == self._cache.expected - 1
+        ):
+            # RFC 7383 2.6.1: a retransmitted fragmented request gets its answer again
+            # on fragment 1 only; its other fragments are ignored
+            return
         kind = self._cache.classify(msg.message_id, data)
         if kind == RequestKind.RETRANSMISSION:
             log.debug(
@@ -1103,10 +1181,14 @@ class IkeSa:
         if self.keys is None:
             raise IkePeerError(f"{exchange_name(exchange)} request before IKE_SA_INIT completed")
         try:
-            first, plaintext = self.keys.authenticate(data, msg)
+            opened = self._open(msg, data, now)
         except IkeParseError:
             self._answering = (msg, data, addr)  # authentic, but its padding is wrong
             raise
+        if opened is None:
+            return  # a fragment; the message is not complete yet
+        # a reassembled request is filed (response cache) under its fragment 1
+        first, plaintext, data = opened
         # From here the request is authentic: a protocol error in it is answered.
         self._answering = (msg, data, addr)
         self._last_heard = now
@@ -1133,11 +1215,16 @@ class IkeSa:
             else:
                 reply = informational.respond(self, inner, now)
         if reply is not None:
-            self.respond_raw(self.protect(exchange, msg.message_id, True, reply), data, addr)
+            answer = self.protect_datagrams(exchange, msg.message_id, reply, response=True)
+            self.respond_datagrams(answer, data, addr)
         if exchange == ExchangeType.INFORMATIONAL:
             informational.after_answer(self, inner, now)
 
     def _on_response(self, msg: Message, data: bytes, addr: Addr, now: float) -> None:
+        if self.reassembly.completed(msg):
+            # RFC 7383 2.6: the rest of a resent answer we already reassembled
+            log.debug("%s: late fragment of response %d ignored", self.name, msg.message_id)
+            return
         if not self._window.matches(msg.message_id, msg.exchange_type):
             raise IkePeerError(
                 f"response {msg.message_id} ({exchange_name(msg.exchange_type)}) matches no "
@@ -1153,8 +1240,10 @@ class IkeSa:
             raise IkePeerError(f"SPIr {msg.spi_r.hex()} is not this SA's")
         assert self.keys is not None
         try:
-            first, plaintext = self.keys.authenticate(data, msg)
-            inner = self.keys.parse(first, plaintext)
+            opened = self._open(msg, data, now)
+            if opened is None:
+                return  # a fragment; the answer is not complete yet
+            inner = self.keys.parse(opened[0], opened[1])
         except IkeProtocolError as exc:
             # authentic but malformed (a parse error comes only after the integrity
             # check): the peer will resend the same bytes, it will not get better
@@ -1166,6 +1255,25 @@ class IkeSa:
         self._last_heard = now
         self._window.done()
         task.process(self, inner, now)
+
+    def _open(self, msg: Message, data: bytes, now: float) -> tuple[int, bytes, bytes] | None:
+        """Step 1 of :mod:`.protect` for the expected message: (first inner payload
+        type, plaintext, the datagram it is filed under), or None while its fragments
+        are being collected (RFC 7383 2.6: each checked before it is kept)."""
+        assert self.keys is not None
+        if msg.skf is not None and self.fragmentation:
+            limit = (
+                fragments.MAX_REASSEMBLED_HALF_OPEN
+                if self.state == IkeState.EXPECT_AUTH_REQUEST
+                else fragments.MAX_REASSEMBLED
+            )
+            whole = self.reassembly.receive(msg, data, self.keys, now, limit=limit)
+            if whole is None:
+                return None
+            return whole.first_payload, whole.plaintext, whole.first_datagram
+        # an SKF payload without fragmentation negotiated is refused here (RFC 7383 2.3)
+        first, plaintext = self.keys.authenticate(data, msg)
+        return first, plaintext, data
 
     def _note_peer_address(self, addr: Addr, via_natt: bool) -> None:
         """RFC 7296 2.23: behind a NAT, follow the peer's address of the last
@@ -1229,9 +1337,9 @@ class IkeSa:
             msg.message_id,
             exc.message,
         )
-        reply_raw = self.protect(
-            msg.exchange_type, msg.message_id, True, [NotifyPayload(exc.notify, exc.data)]
+        answer = self.protect_datagrams(
+            msg.exchange_type, msg.message_id, [NotifyPayload(exc.notify, exc.data)], response=True
         )
-        self.respond_raw(reply_raw, data, addr)
+        self.respond_datagrams(answer, data, addr)
         if msg.exchange_type == ExchangeType.IKE_AUTH and self.state != IkeState.ESTABLISHED:
             self.fail(f"IKE_AUTH request refused: {exc.message}", int(exc.notify))

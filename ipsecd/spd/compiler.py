@@ -128,6 +128,14 @@ class IkeConnection:
     origin: str
     start: str = "eager"  # eager | ondemand | passive
     external: bool = False  # the peer is outside the cluster (a 'peer' statement)
+    #: ``auth certificate`` options (docs/spd.md): files on the node (None: the
+    #: node's own certificate and key, the cluster CA), when our chain is sent, and
+    #: whether signature methods older than RFC 7427 are allowed.
+    auth_ca: str | None = None
+    auth_cert: str | None = None
+    auth_key: str | None = None
+    send_cert: str = "ifasked"
+    legacy_auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +570,11 @@ class _Ctx:
             c.loc.short(),
             c.start,
             p.external is not None,
+            auth_ca=c.auth.ca,
+            auth_cert=c.auth.cert,
+            auth_key=c.auth.key,
+            send_cert=c.auth.send_cert,
+            legacy_auth=c.auth.legacy,
         )
 
     def _connection_policies(self, p: _Pending, reqid: int) -> None:

@@ -235,8 +235,17 @@ class Tunnel:
 
 @dataclass(frozen=True, slots=True)
 class AuthSpec:
+    """``auth psk KEY`` or ``auth certificate [ca PATH] [cert PATH key PATH]
+    [sendcert WHEN] [legacy]`` (docs/spd.md "connection").  Paths are files on each
+    node; without them the node's own certificate and the cluster CA are used."""
+
     kind: str = "certificate"  # certificate | psk
     psk: KeyMaterial | None = field(default=None, repr=False)
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    send_cert: str = "ifasked"  # always | ifasked | never
+    legacy: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,13 @@ def _sa_text(s: ManualSa, redact: bool) -> str:
 
 def _conn_text(c: IkeConnection, redact: bool) -> str:
     auth = c.auth + (_key(c.psk, redact) if c.auth == "psk" else "")
+    for word, value in (("ca", c.auth_ca), ("cert", c.auth_cert), ("key", c.auth_key)):
+        if value is not None:
+            auth += f' {word} "{value}"'
+    if c.auth == "certificate" and c.send_cert != "ifasked":
+        auth += f" sendcert {c.send_cert}"
+    if c.legacy_auth:
+        auth += " legacy"
     lts = ",".join(f"{t.prefix}[{t.port or 'any'}]" for t in c.local_ts)
     rts = ",".join(f"{t.prefix}[{t.port or 'any'}]" for t in c.remote_ts)
     role = "initiator" if c.initiator else "responder"

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from cryptography import x509
+
 from . import setkey
 from ._gc import gc_paused
 from .algorithms import IKE_DH, IKE_ENC, IKE_INTEG, IKE_PRF, AlgInfo
@@ -662,10 +664,53 @@ class Parser:
     def _conn_auth(self, cur: Cursor, st: _ConnState, kw: Token) -> None:
         kind = cur.choice("an auth method", ("psk", "certificate")).text
         if kind == "certificate":
-            st.auth = AuthSpec("certificate")
+            st.auth = self._cert_auth(cur, kw)
             return
         tok = cur.next('a pre-shared key (secret:NAME, "string" or 0x...)')
         st.auth = AuthSpec("psk", self.key(cur, tok, psk=True))
+
+    _CERT_OPTIONS = ("ca", "cert", "key", "sendcert", "legacy")
+
+    def _cert_auth(self, cur: Cursor, kw: Token) -> AuthSpec:
+        """``certificate [ca PATH] [cert PATH key PATH] [sendcert WHEN] [legacy]``."""
+        paths: dict[str, str] = {}
+        send_cert = "ifasked"
+        legacy = False
+        seen: set[str] = set()
+        while (word := cur.peek_text()) in self._CERT_OPTIONS:
+            tok = cur.word("an option")
+            if word in seen:
+                cur.fail(tok.loc, f"'{word}' given twice", "keep one of them")
+            seen.add(word)
+            if word == "legacy":
+                legacy = True
+            elif word == "sendcert":
+                send_cert = cur.choice("when to send", ("always", "ifasked", "never")).text
+            else:
+                path = cur.next(f"a file path after '{word}'")
+                if path.kind is Kind.PUNCT or not path.text.startswith("/"):
+                    cur.fail(
+                        path.loc,
+                        f"'{word}' wants an absolute file path, found {path.describe()}",
+                        "write the file's full path on the nodes, e.g. "
+                        '"/etc/ipsecd/partner-ca.pem"',
+                    )
+                paths[word] = path.text
+        if ("cert" in paths) != ("key" in paths):
+            cur.fail(
+                kw.loc,
+                "'cert' and 'key' go together: the certificate and its private key",
+                "give both, or neither to use the node's own certificate",
+            )
+        return AuthSpec(
+            "certificate",
+            None,
+            paths.get("ca"),
+            paths.get("cert"),
+            paths.get("key"),
+            send_cert,
+            legacy,
+        )
 
     def _conn_ike(self, cur: Cursor, st: _ConnState, kw: Token) -> None:
         name, lifetime = self._proposal_ref(cur, "ike")
@@ -773,13 +818,13 @@ class Parser:
         if tok.kind is Kind.STRING:
             if not text.strip():
                 cur.fail(tok.loc, "empty distinguished name")
-            cur.sink.warning(
-                tok.loc,
-                "a distinguished-name identity is matched against the peer's certificate; "
-                "certificate authentication with peers outside the cluster is a later "
-                "feature",
-                "use an address, fqdn:NAME or keyid:HEX identity with 'auth psk' for now",
-            )
+            if not _is_dn(text):
+                cur.fail(
+                    tok.loc,
+                    f"'{text}' is not a distinguished name",
+                    "write it as RFC 4514 text: TYPE=value pairs separated by commas, e.g. "
+                    '"CN=gw.example.net, O=Example" (CN, O, OU, C, L, ST, DC, UID, ...)',
+                )
             return "dn:" + text
         if tok.kind is not Kind.WORD:
             cur.fail(tok.loc, f"expected an IKE identity, found {tok.describe()}")
@@ -924,6 +969,17 @@ class Parser:
             f"expected a {what}, found {tok.describe()}",
             'write secret:NAME, a quoted "string" or 0x followed by hex digits',
         )
+
+
+def _is_dn(text: str) -> bool:
+    """RFC 4514 text, with blanks after the commas allowed (as strongSwan writes DNs)."""
+    for candidate in (text, re.sub(r",\s+", ",", text)):
+        try:
+            name = x509.Name.from_rfc4514_string(candidate)
+        except ValueError:
+            continue
+        return len(name) > 0
+    return False
 
 
 @dataclass

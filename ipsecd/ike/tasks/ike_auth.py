@@ -1,9 +1,10 @@
 """IKE_AUTH (RFC 7296 1.2, 2.15): identities, authentication, the first CHILD SA.
 
 :class:`IkeAuth` is the initiator's task; :func:`respond` answers.  Authentication is
-with a pre-shared key (AUTH method 2, RFC 7296 2.15).  An identity that cannot be
-decoded (e.g. an ID_IPV4_ADDR that is not 4 bytes) never authenticates: the answer is
-AUTHENTICATION_FAILED before anything else.  The first CHILD SA is negotiated by the
+with a pre-shared key or certificates, per direction (:mod:`..auth`: AUTH payloads,
+CERT and CERTREQ, the check of the peer's chain and signature).  An identity that
+cannot be decoded (e.g. an ID_IPV4_ADDR that is not 4 bytes) never authenticates: the
+answer is AUTHENTICATION_FAILED before anything else.  The first CHILD SA is negotiated by the
 functions of :mod:`.child_create` without a KE payload (RFC 7296 1.2): PFS groups of
 the CHILD proposals are left out here; a CHILD SA refusal leaves the IKE SA up
 (RFC 7296 2.21.3).
@@ -11,21 +12,27 @@ the CHILD proposals are left out here; a CHILD SA refusal leaves the IKE SA up
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from .. import codec
+from .. import auth, codec
 from .. import crypto as ikecrypto
-from ..codec import AuthPayload, IdiPayload, IdrPayload, Message, NotifyPayload, Payload
+from ..codec import (
+    AuthPayload,
+    CertReqPayload,
+    IdiPayload,
+    IdrPayload,
+    Message,
+    NotifyPayload,
+    Payload,
+)
 from ..config import IkeConfig
-from ..constants import AuthMethod, ExchangeType, NotifyType
+from ..constants import ExchangeType, NotifyType
 from ..errors import IkeProtocolError
 from ..events import ChildSaFailed
 from ..negotiate import (
     Addr,
-    auth_method_name,
     contains_choice,
     fmt_addr,
     identity_of,
@@ -33,6 +40,7 @@ from ..negotiate import (
     peer_text,
     prf_id,
 )
+from ..signature import NoCommonScheme
 from ..states import IkeState, IkeTrigger
 from . import child_create
 from .base import Task
@@ -55,10 +63,9 @@ def _octets(sa: IkeSa, initiator_side: bool, id_body: bytes) -> bytes:
     return init.response + init.nonce_i + ikecrypto.maced_id(prf, sa.keys.sk_pr, id_body)
 
 
-def _psk_auth(sa: IkeSa, psk: bytes, octets: bytes) -> bytes:
-    # RFC 7296 2.15: AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)
-    assert sa.ike_choice is not None
-    return ikecrypto.psk_auth_data(prf_id(sa.ike_choice), psk, octets)
+def _with_auth(first: Payload, ours: list[Payload], certreq: list[Payload]) -> list[Payload]:
+    """RFC 7296 1.2 order: ID, [CERT...], [CERTREQ], AUTH."""
+    return [first, *ours[:-1], *certreq, ours[-1]]
 
 
 class IkeAuth(Task):
@@ -76,13 +83,19 @@ class IkeAuth(Task):
     def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
         cfg = sa.config
         idi = IdiPayload(cfg.local_id.type, cfg.local_id.data)
-        auth = _psk_auth(sa, cfg.psk, _octets(sa, True, codec.payload_body(idi)))
+        octets = _octets(sa, True, codec.payload_body(idi))
+        try:
+            ours = auth.our_auth(sa, cfg, octets, peer_asked=sa.peer_certreq)
+        except NoCommonScheme as exc:
+            log.warning("%s: cannot authenticate to the peer: %s", sa.name, exc.message)
+            sa.fail(exc.message, NotifyType.AUTHENTICATION_FAILED)
+            return None
         offer = child_create.make_offer(sa, cfg.child, with_dh=False)
         if offer is None:
             sa.fail("no inbound SPI could be allocated for the CHILD SA", None)
             return None
         self.offer = offer
-        inner: list[Payload] = [idi, AuthPayload(AuthMethod.PSK, auth)]
+        inner = _with_auth(idi, ours, auth.certreq_payloads(cfg))
         hook = sa.initial_contact_hook
         if hook(sa) if hook is not None else cfg.initial_contact:
             inner.append(NotifyPayload(NotifyType.INITIAL_CONTACT))  # RFC 7296 2.4
@@ -94,22 +107,24 @@ class IkeAuth(Task):
         cfg = sa.config
         notifies = [p for p in inner if isinstance(p, NotifyPayload)]
         idr = next((p for p in inner if isinstance(p, IdrPayload)), None)
-        auth = next((p for p in inner if isinstance(p, AuthPayload)), None)
-        if idr is None or auth is None:
+        if idr is None or not any(isinstance(p, AuthPayload) for p in inner):
             errors = [n for n in notifies if n.is_error]
             code = errors[0].notify_type if errors else NotifyType.INVALID_SYNTAX
             sa.fail(f"peer refused IKE_AUTH with {notify_name(code)}", code)
             return
         peer = identity_of(idr.id_type, idr.data)
-        expected = _psk_auth(sa, cfg.psk, _octets(sa, False, codec.payload_body(idr)))
+        reason = ""
         if peer is None:
             reason = f"responder's identity cannot be decoded ({peer_text(idr.id_type, idr.data)})"
-        elif cfg.remote_id is not None and cfg.remote_id != peer:
+        elif cfg.remote_id is not None and not cfg.remote_id.matches(peer):
             reason = f"peer identity {peer} is not {cfg.remote_id}"
-        elif auth.method != AuthMethod.PSK or not hmac.compare_digest(expected, auth.data):
-            reason = "responder failed PSK authentication"
         else:
-            reason = ""
+            try:
+                sa.peer_auth = auth.check_peer(
+                    sa, cfg, peer, inner, _octets(sa, False, codec.payload_body(idr))
+                )
+            except IkeProtocolError as exc:
+                reason = f"responder failed authentication: {exc.message}"
         if reason:
             log.warning("%s: %s", sa.name, reason)
             # RFC 7296 2.21.2: tell the responder in a separate INFORMATIONAL exchange
@@ -136,7 +151,7 @@ def _config_for_peer(sa: IkeSa, peer_id_type: int, peer_data: bytes) -> IkeConfi
     if peer is None:
         return None  # an undecodable identity never authenticates
     for cfg in sa.candidates:
-        if cfg.remote_id is not None and cfg.remote_id != peer:
+        if cfg.remote_id is not None and not cfg.remote_id.matches(peer):
             continue
         if cfg is not sa.config and not any(
             contains_choice(p, sa.ike_choice) for p in cfg.ike_proposals
@@ -151,8 +166,7 @@ def respond(
 ) -> list[Payload]:
     """Responder: authenticate the initiator, answer with our AUTH and the CHILD SA."""
     idi = next((p for p in inner if isinstance(p, IdiPayload)), None)
-    auth = next((p for p in inner if isinstance(p, AuthPayload)), None)
-    if idi is None or auth is None:
+    if idi is None or not any(isinstance(p, AuthPayload) for p in inner):
         raise IkeProtocolError(
             "IKE_AUTH request lacks IDi or AUTH", notify=NotifyType.INVALID_SYNTAX
         )
@@ -162,30 +176,35 @@ def respond(
         raise IkeProtocolError(
             f"no connection accepts peer identity {who}", notify=NotifyType.AUTHENTICATION_FAILED
         )
-    expected = _psk_auth(sa, cfg.psk, _octets(sa, True, codec.payload_body(idi)))
-    if auth.method != AuthMethod.PSK or not hmac.compare_digest(expected, auth.data):
-        # DESIGN convention 4: authentication failures drop (no SA kept) and log
-        why = (
-            "its AUTH does not match our pre-shared key"
-            if auth.method == AuthMethod.PSK
-            else f"auth method {auth_method_name(auth.method)} is not supported (PSK only)"
-        )
-        log.warning(
-            "%s: authentication of peer %s from %s failed: %s", sa.name, who, fmt_addr(addr), why
-        )
-        raise IkeProtocolError(
-            "peer failed authentication", notify=NotifyType.AUTHENTICATION_FAILED
-        )
     peer = identity_of(idi.id_type, idi.data)
     assert peer is not None
+    try:
+        peer_auth = auth.check_peer(
+            sa, cfg, peer, inner, _octets(sa, True, codec.payload_body(idi))
+        )
+    except IkeProtocolError as exc:
+        if exc.notify == NotifyType.AUTHENTICATION_FAILED:
+            # DESIGN convention 4: authentication failures drop (no SA kept) and log;
+            # the reason stays here (logged, in IkeSaFailed), the peer gets the code
+            raise auth.AuthFailed(
+                f"authentication of peer {who} from {fmt_addr(addr)} failed: {exc.message}"
+            ) from None
+        raise
     sa.config = cfg
     sa.remote_id = peer
+    sa.peer_auth = peer_auth
+    sa.peer_certreq = sa.peer_certreq or any(isinstance(p, CertReqPayload) for p in inner)
     sa.peer_initial_contact = any(
         isinstance(p, NotifyPayload) and p.notify_type == NotifyType.INITIAL_CONTACT for p in inner
     )
     idr = IdrPayload(cfg.local_id.type, cfg.local_id.data)
-    my_auth = _psk_auth(sa, cfg.psk, _octets(sa, False, codec.payload_body(idr)))
-    reply: list[Payload] = [idr, AuthPayload(AuthMethod.PSK, my_auth)]
+    octets = _octets(sa, False, codec.payload_body(idr))
+    try:
+        ours = auth.our_auth(sa, cfg, octets, peer_asked=sa.peer_certreq)
+    except NoCommonScheme as exc:
+        log.warning("%s: cannot authenticate to peer %s: %s", sa.name, who, exc.message)
+        raise
+    reply: list[Payload] = _with_auth(idr, ours, [])
     try:
         child_payloads, spec = child_create.respond_child(
             sa,

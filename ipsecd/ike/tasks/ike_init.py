@@ -18,9 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from .. import codec
+from .. import auth, codec, fragments
 from .. import crypto as ikecrypto
-from ..codec import KePayload, Message, NoncePayload, NotifyPayload, Payload, SaPayload
+from ..codec import (
+    CertReqPayload,
+    KePayload,
+    Message,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    SaPayload,
+)
 from ..config import Proposal, Transform
 from ..constants import ExchangeType, HeaderFlag, NotifyType, ProtocolId, TransformType
 from ..errors import IkeInvalidKeError, IkePeerError, IkeProtocolError
@@ -38,6 +46,7 @@ from ..negotiate import (
     select_proposal,
     wire_choice,
 )
+from ..signature import OUR_HASHES, decode_hash_algorithms, encode_hash_algorithms
 from ..states import IkeState, IkeTrigger
 from .base import Task
 
@@ -109,6 +118,22 @@ def check_nat(sa: IkeSa, payloads: Sequence[Payload], spi_r: bytes, src: Addr) -
         log.info("%s: NAT detected (local %s, remote %s)", sa.name, sa.nat_local, sa.nat_remote)
 
 
+def signature_notifies(sa: IkeSa) -> list[Payload]:
+    """N(SIGNATURE_HASH_ALGORITHMS) when the connection uses certificates (RFC 7427 4)."""
+    if not auth.uses_signatures(sa.config):
+        return []
+    return [NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, encode_hash_algorithms(OUR_HASHES))]
+
+
+def note_peer_auth_offers(sa: IkeSa, payloads: Sequence[Payload]) -> None:
+    """Remember the peer's SIGNATURE_HASH_ALGORITHMS and CERTREQ of IKE_SA_INIT."""
+    for p in payloads:
+        if isinstance(p, NotifyPayload) and p.notify_type == NotifyType.SIGNATURE_HASH_ALGORITHMS:
+            sa.peer_hashes = (sa.peer_hashes or frozenset()) | decode_hash_algorithms(p.data)
+        elif isinstance(p, CertReqPayload):
+            sa.peer_certreq = True
+
+
 class IkeInit(Task):
     """Initiator of IKE_SA_INIT."""
 
@@ -131,6 +156,8 @@ class IkeInit(Task):
             NoncePayload(init.nonce_i),
         ]
         payloads += nat_notifies(sa, sa.spi_i, ZERO_SPI)
+        payloads += fragments.supported_notify(sa.config.fragmentation)  # RFC 7383 2.3
+        payloads += signature_notifies(sa)
         sa.trigger(IkeTrigger.SA_INIT_SENT)
         return payloads
 
@@ -219,6 +246,8 @@ class IkeInit(Task):
         init.response = data
         init.dh = None
         check_nat(sa, msg.payloads, sa.spi_r, addr)
+        note_peer_auth_offers(sa, msg.payloads)
+        sa.peer_fragmentation = fragments.offered(msg.payloads)
         sa.derive_keys(shared)
         if sa.nat_detected:
             # RFC 7296 2.23: move to port 4500 for everything that follows
@@ -297,6 +326,12 @@ def respond(sa: IkeSa, msg: Message, data: bytes, addr: Addr, via_natt: bool, no
     ]
     if sa.config.nat_traversal and msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP):
         reply += nat_notifies(sa, sa.spi_i, sa.spi_r)
+    # RFC 7383 2.3: the responder answers the notification only when it was offered
+    sa.peer_fragmentation = fragments.offered(msg.payloads)
+    reply += fragments.supported_notify(sa.config.fragmentation and sa.peer_fragmentation)
+    note_peer_auth_offers(sa, msg.payloads)
+    reply += signature_notifies(sa)
+    reply += auth.certreq_payloads(sa.config)  # RFC 7296 3.7: CERTREQ may go here
     raw = codec.build_message(
         Message(
             sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, int(HeaderFlag.RESPONSE), 0, tuple(reply)

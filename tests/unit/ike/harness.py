@@ -139,6 +139,7 @@ class Network:
 
     ``drop(packet)`` returns True to lose a datagram, ``duplicate(packet)`` True to
     deliver it twice; ``jitter`` adds a random extra delay in [0, jitter) (reordering);
+    ``delay(packet)`` an extra delay of one's choosing (reordering on purpose);
     ``rewrite(packet)`` returns replacement bytes (a tampering peer) or None.
     """
 
@@ -147,6 +148,7 @@ class Network:
     drop: Callable[[Packet], bool] | None = None
     duplicate: Callable[[Packet], bool] | None = None
     rewrite: Callable[[Packet], bytes | None] | None = None
+    delay: Callable[[Packet], float] | None = None
     seed: int = 1
     rng: random.Random = field(init=False)
 
@@ -232,6 +234,8 @@ class Harness:
         self._seq += 1
         delay = net.latency + (net.rng.random() * net.jitter if net.jitter else 0.0)
         pkt = Packet(self._seq, self.now + delay, src, dst_private, data, sender)
+        if net.delay is not None:
+            pkt.deliver_at += net.delay(pkt)
         if net.rewrite is not None:
             replaced = net.rewrite(pkt)
             if replaced is not None:

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from ipsecd.ike import auth as auth_module
 from ipsecd.ike import codec
 from ipsecd.ike.codec import (
     AuthPayload,
@@ -335,7 +336,7 @@ def test_undecodable_identity_never_authenticates() -> None:
     assert r is not None
     idi = IdiPayload(IdType.IPV4_ADDR, b"\x01\x02\x03")
     octets = ike_auth._octets(h.initiator, True, codec.payload_body(idi))
-    auth = AuthPayload(2, ike_auth._psk_auth(h.initiator, ci.psk, octets))
+    auth = AuthPayload(2, auth_module._psk_auth(h.initiator, ci.psk, octets))
     h.network.drop = lambda p: p.sender == "i"
     h.inject(forge(h.initiator, ExchangeType.IKE_AUTH, 1, [idi, auth]), to="r")
     assert r.state == IkeState.FAILED and r.internal_errors == 0

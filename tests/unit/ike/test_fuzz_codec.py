@@ -225,7 +225,8 @@ _selector = st.one_of(
 @st.composite
 def _delete(draw: st.DrawFn) -> DeletePayload:
     size = draw(st.integers(0, 8))
-    spis = draw(st.lists(st.binary(min_size=size, max_size=size), max_size=4))
+    # RFC 7296 3.11: SPI Size 0 (IKE) carries no SPIs (tests/unit/ike/test_fuzz_findings.py)
+    spis = draw(st.lists(st.binary(min_size=size, max_size=size), max_size=4 if size else 0))
     return DeletePayload(draw(_u8), size, tuple(spis), critical=draw(_crit))
 
 

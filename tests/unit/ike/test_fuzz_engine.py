@@ -23,6 +23,7 @@ from ipsecd.ike import (
     lookup_by_address,
     route_datagram,
 )
+from ipsecd.ike import auth as auth_module
 from ipsecd.ike.constants import ExchangeType, HeaderFlag, NotifyType
 from ipsecd.ike.negotiate import NON_ESP_MARKER
 from ipsecd.ike.states import END_STATES, is_allowed
@@ -313,7 +314,7 @@ def test_authentic_ike_auth_requests_with_hostile_payloads(
         ini = h.initiator
         idi = codec.IdiPayload(ini.config.local_id.type, ini.config.local_id.data)
         octets = ike_auth._octets(ini, True, codec.payload_body(idi))
-        auth = codec.AuthPayload(2, ike_auth._psk_auth(ini, ini.config.psk, octets))
+        auth = codec.AuthPayload(2, auth_module._psk_auth(ini, ini.config.psk, octets))
         inner = [idi, auth, *inner]
     before = {"i": h.initiator.state, "r": r.state}
     h.inject(_forge(h, h.initiator, ExchangeType.IKE_AUTH, 1, inner), to="r")

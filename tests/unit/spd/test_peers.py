@@ -50,18 +50,26 @@ def test_peer_statement_block_and_one_line_forms() -> None:
     assert '"peers":[' in p.canonical() and "gw1.example.net" in p.canonical()
 
 
-def test_peer_id_may_be_an_address_or_a_quoted_dn_with_a_warning() -> None:
+def test_peer_id_may_be_an_address_or_a_quoted_dn() -> None:
     p = load_text(
         "peer gw address 203.0.113.5 id 198.51.100.1;\n"
         'peer gx { address 203.0.113.6; id "CN=gx, O=Example"; }\n'
-        "connection c { between all and gw; }\nconnection d { between all and gx; }\n",
+        'peer gy { address 203.0.113.7; id "CN=gy,O=Example\\, Inc.,C=DE"; }\n'
+        "connection c { between all and gw; }\nconnection d { between all and gx; }\n"
+        "connection e { between all and gy; }\n",
         "f.spd",
     )
     assert p.peers["gw"].ike_id == "198.51.100.1"
     assert p.peers["gx"].ike_id == "dn:CN=gx, O=Example"
-    [w] = p.warnings
-    assert (w.line, w.col) == (2, 35)
-    assert "certificate authentication with peers outside the cluster is a later" in w.message
+    assert p.peers["gy"].ike_id == "dn:CN=gy,O=Example\\, Inc.,C=DE"
+    assert not p.warnings
+
+
+@pytest.mark.parametrize("dn", ["gw.example.net", "CN", "=x", "CN=a,,O=b"])
+def test_a_dn_identity_must_be_a_distinguished_name(dn: str) -> None:
+    with pytest.raises(SpdError, match="is not a distinguished name") as info:
+        load_text(f'peer gx {{ address 203.0.113.6; id "{dn}"; }}\n', "f.spd")
+    assert "f.spd:1:35" in str(info.value)
 
 
 @pytest.mark.parametrize(
