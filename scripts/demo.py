@@ -431,7 +431,8 @@ def step_cluster(tmp: Path) -> None:
         "(cluster mode), ipsecctl push, the IKEv2 mesh forming, ipsecctl status per node, "
         "an encrypted ping on the wire, a policy change applied in place, kill -9 of an "
         "agent with no clear text leaking",
-        "certificates and mTLS (plaintext gRPC on loopback, PSK authentication); one "
+        "mTLS and a CA in the controller (plaintext gRPC on loopback; the cluster CA is "
+        "made with strongSwan's pki tool); one "
         "controller replica",
     )
     scene = [sys.executable, "scripts/demo_cluster.py"]

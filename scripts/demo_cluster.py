@@ -34,6 +34,7 @@ from typing import Any
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 
+from agent.credentials import NodeFiles  # noqa: E402
 from agent.daemon import AgentOptions, Daemon  # noqa: E402
 from controller import cli  # noqa: E402
 from controller.embedded_etcd import EtcdProcess, free_port  # noqa: E402
@@ -42,7 +43,6 @@ from controller.server import Controller, ControllerConfig  # noqa: E402
 
 PREFIX = "idm-"
 NODES = {"a": "192.0.2.1", "b": "192.0.2.2", "c": "192.0.2.3"}
-PSK = "demo-mesh-psk-0123456789abcdef"
 COLOR = sys.stdout.isatty()
 
 
@@ -69,15 +69,53 @@ def show(text: str) -> None:
 
 
 def policy(ab_lifetime: str = "1h") -> str:
-    return f"""# one policy for the whole cluster (docs/spd.md)
+    return f"""# one policy for the whole cluster (docs/spd.md); auth certificate is the default
 defaults {{ policy discard; esp_trans_deflev require; }}
 nodes na name a;
 nodes nb name b;
 nodes nc name c;
-connection ab {{ between na and nb; mode transport; auth psk "{PSK}"; esp lifetime {ab_lifetime}; }}
-connection ac {{ between na and nc; mode transport; auth psk "{PSK}"; }}
-connection bc {{ between nb and nc; mode transport; auth psk "{PSK}"; }}
+connection ab {{ between na and nb; mode transport; esp lifetime {ab_lifetime}; }}
+connection ac {{ between na and nc; mode transport; }}
+connection bc {{ between nb and nc; mode transport; }}
 """
+
+
+def pki(work: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    """strongSwan's pki tool (Debian strongswan-pki), as an operator would run it."""
+    print(_c("33", f"   $ pki {' '.join(args)}"), flush=True)
+    done = subprocess.run(
+        ["pki", *args], input=stdin, capture_output=True, cwd=work, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise SceneFailed(f"pki {' '.join(args)}: {done.stderr.decode(errors='replace')}")
+    return done.stdout
+
+
+def cluster_pki(work: Path) -> Path:
+    """A cluster CA and one certificate per node naming the node's address (its IKE
+    identity with 'id address'); keys 0600.  Until the controller has a CA of its own
+    (issue #12) operators make these with their own tools."""
+    d = work / "pki"
+    d.mkdir(mode=0o700)
+    ca_key = pki(d, "--gen", "--type", "ecdsa", "--size", "384", "--outform", "pem")
+    (d / "ca.key").write_bytes(ca_key)
+    os.chmod(d / "ca.key", 0o600)
+    ca = pki(d, "--self", "--ca", "--lifetime", "30", "--in", "ca.key",
+             "--dn", "CN=ipsecd demo cluster CA", "--outform", "pem")  # fmt: skip
+    (d / "ca.pem").write_bytes(ca)
+    for n, addr in NODES.items():
+        key = pki(d, "--gen", "--type", "ecdsa", "--size", "256", "--outform", "pem")
+        (d / f"{n}.key").write_bytes(key)
+        os.chmod(d / f"{n}.key", 0o600)
+        pub = pki(d, "--pub", "--in", f"{n}.key")
+        cert = pki(d, "--issue", "--cacert", "ca.pem", "--cakey", "ca.key", "--lifetime", "7",
+                   "--dn", f"CN={n}", "--san", addr, "--outform", "pem", stdin=pub)  # fmt: skip
+        (d / f"{n}.pem").write_bytes(cert)
+    return d
+
+
+def node_files(d: Path, n: str) -> NodeFiles:
+    return NodeFiles(d / f"{n}.pem", d / f"{n}.key", d / "ca.pem")
 
 
 # ----------------------------------------------------------------------- namespaces
@@ -265,7 +303,10 @@ async def scene(work: Path) -> None:
 
 
 async def _with_controller(work: Path, ns: dict[str, str], target: str, ctl: Controller) -> None:
-    title("3. ipsecd agents in cluster mode (a and b here, c as its own process)")
+    title("3. A cluster CA and node certificates (strongSwan's pki tool)")
+    certs = await asyncio.to_thread(cluster_pki, work)
+    say(f"CA and node certificates in {certs} (keys mode 0600)")
+    title("4. ipsecd agents in cluster mode (a and b here, c as its own process)")
     opts = []
     for n in ("a", "b"):
         state = work / f"agent-{n}"
@@ -278,6 +319,7 @@ async def _with_controller(work: Path, ns: dict[str, str], target: str, ctl: Con
                 addresses=(NODES[n],),
                 state_dir=state,
                 socket_path=state / "ipsecd.sock",
+                node_files=node_files(certs, n),
             )
         )
     daemons = {o.node: Daemon(o) for o in opts}
@@ -300,8 +342,17 @@ async def _with_controller(work: Path, ns: dict[str, str], target: str, ctl: Con
         str(c_state),
         "--socket",
         str(c_state / "ipsecd.sock"),
+        "--cert",
+        str(certs / "c.pem"),
+        "--key",
+        str(certs / "c.key"),
+        "--ca",
+        str(certs / "ca.pem"),
     ]
-    say("$ ipsecd --controller " + target + " --node c --insecure   (and a, b alike)")
+    say(
+        f"$ ipsecd --controller {target} --node c --insecure --cert c.pem --key c.key "
+        "--ca ca.pem   (and a, b alike)"
+    )
     c_log = (work / "agent-c.log").open("wb")
     agent_c = subprocess.Popen(c_argv, cwd=CHECKOUT, stdout=c_log, stderr=subprocess.STDOUT)
     try:
@@ -334,14 +385,14 @@ async def _scene_body(
         "three agents registered",
     )
     await run_ipsecctl("--controller", target, "nodes")
-    title("4. ipsecctl push: one SPD for the cluster")
+    title("5. ipsecctl push: one SPD for the cluster")
     spd = work / "mesh.spd"
     spd.write_text(policy())
     os.chmod(spd, 0o600)
     show(spd.read_text())
     t0 = time.monotonic()
     await run_ipsecctl("--controller", target, "push", str(spd))
-    title("5. The mesh forms: IKEv2 SAs between every pair")
+    title("6. The mesh forms: IKEv2 SAs between every pair")
     say("waiting for every IKE and CHILD SA (IKE_SA_INIT, IKE_AUTH, kernel install)...")
 
     def c_up() -> bool:
@@ -360,9 +411,21 @@ async def _scene_body(
     await wait_for(lambda: connections_up(daemons, 1), 240, "the mesh on a and b")
     await wait_for(c_up, 120, "the mesh on c")
     say(_c("32", f"✓ push -> every SA up in {time.monotonic() - t0:.1f} s"))
+    for n, d in daemons.items():
+        for c in d.status()["connections"]:
+            say(
+                f"{n}: {c['name']}: peer authenticated by {c['peer_auth']} "
+                f"(certificate {c['peer_certificate']})"
+            )
+    if any(
+        not (c["peer_auth"] or "").startswith("ecdsa")
+        for d in daemons.values()
+        for c in d.status()["connections"]
+    ):
+        raise SceneFailed("a peer was not authenticated with its certificate")
     for n in NODES:
         await run_ipsecctl("--controller", target, "status", n)
-    title("6. An encrypted ping, as seen on the wire (tcpdump of what a sends)")
+    title("7. An encrypted ping, as seen on the wire (tcpdump of what a sends)")
     cap = Capture(ns["a"], work / "a.pcap")
     sent, got, _ = await ping(ns["a"], NODES["b"], 3, 0.3)
     lines = cap.stop()
@@ -372,7 +435,7 @@ async def _scene_body(
     if got != sent or esp < sent or clear:
         raise SceneFailed("the ping was not carried by ESP alone")
     say(_c("32", "✓ only ESP on the wire"))
-    title("7. A policy change applied in place: only connection ab is renegotiated")
+    title("8. A policy change applied in place: only connection ab is renegotiated")
     before = {
         n: {c["connection"]: c["children"] for c in d.status()["connections"]}
         for n, d in daemons.items()
@@ -393,7 +456,7 @@ async def _scene_body(
     if not (kept and renewed and got == sent):
         raise SceneFailed("the change was not applied in place")
     say(_c("32", "✓ changed in place, no packet lost on the unchanged connection"))
-    title("8. kill -9 the agent of node c: its kernel keeps enforcing")
+    title("9. kill -9 the agent of node c: its kernel keeps enforcing")
     agent_c.send_signal(signal.SIGKILL)
     agent_c.wait(10)
     say(f"agent c (pid {agent_c.pid}) killed")
@@ -420,7 +483,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("error: needs root (network namespaces, XFRM)", file=sys.stderr)
         return 2
-    for tool_name in ("tcpdump", "ping", "etcd"):
+    for tool_name in ("tcpdump", "ping", "etcd", "pki"):
         if shutil.which(tool_name) is None:
             print(f"error: {tool_name} not found (make deps installs it)", file=sys.stderr)
             return 2

@@ -33,9 +33,21 @@ def test_gateway_example_is_clean_and_reaches_the_peer() -> None:
     directory = load_nodes_file(EXAMPLES / "cluster.nodes")
     assert policy.warnings == () and check_expanded(policy, directory) == []
     vpn = [c for c in compile_node(policy, directory[0], directory).connections if c.external]
-    assert [(c.name, c.remote_id, c.start) for c in vpn] == [
-        ("branch-vpn/branch/ipv4", "fqdn:gw.branch.example.net", "ondemand")
+    assert [(c.name, c.remote_id, c.start, c.auth) for c in vpn] == [
+        ("branch-vpn/branch/ipv4", "fqdn:gw.branch.example.net", "ondemand", "psk"),
+        (
+            "partner-vpn/partner/ipv4",
+            "dn:CN=vpn.partner.example, O=Partner",
+            "eager",
+            "certificate",
+        ),
     ]
+    partner = vpn[1]
+    assert (partner.auth_ca, partner.auth_cert, partner.auth_key) == (
+        "/etc/ipsecd/partner-ca.pem",
+        "/etc/ipsecd/web-vpn.pem",
+        "/etc/ipsecd/web-vpn.key",
+    )
 
 
 def test_contained_exception_between_connections_is_silent() -> None:
