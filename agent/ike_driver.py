@@ -9,9 +9,10 @@ It only moves datagrams and time (docs/architecture.md "The agent's pieces"):
   and only IKE reaches us.  ``IP_PKTINFO`` gives each datagram's local address, and
   answers leave from it (the NAT detection hashes depend on it, RFC 7296 2.23).
 * One worker task handles, in order, every received datagram, every timer and every
-  nudge after the owner used an SA; after each it hands the endpoint's events to
-  ``on_events`` and *awaits* it before sending the datagrams: the kernel then holds
-  a new inbound SA before the answer that lets the peer use it leaves.
+  nudge after the owner used an SA, in batches of what is queued (up to 64); after
+  each batch it hands the endpoint's events to ``on_events`` and *awaits* it before
+  sending the datagrams: the kernel then holds a new inbound SA before the answer
+  that lets the peer use it leaves.
 * Routing, admission and every IKE rule live in the endpoint; nothing here parses IKE.
 
 Typical use::
@@ -332,26 +333,44 @@ class IkeDriver:
 
     async def _work(self) -> None:
         ep = self.endpoint
+        queue = self._queue
         while True:
-            timer = ep.get_timer()
-            wait = None if timer is None else max(0.0, timer - self.clock())
             item: Datagram | str
-            try:
-                item = await asyncio.wait_for(self._queue.get(), wait)
-            except TimeoutError:
-                item = _NUDGE
-            if item == _STOP:
-                return
+            if queue.empty():
+                timer = ep.get_timer()
+                wait = None if timer is None else max(0.0, timer - self.clock())
+                try:
+                    item = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    item = _NUDGE
+            else:
+                item = queue.get_nowait()
+            # what is queued already is handled as one batch: timers, events and sends
+            # once per batch, not per datagram (the events are still awaited before
+            # any datagram of the batch leaves)
+            batch = [item]
+            while len(batch) < _READ_BURST and not queue.empty():
+                batch.append(queue.get_nowait())
             now = self.clock()
+            stop = False
+            for it in batch:
+                if it == _STOP:
+                    stop = True
+                    break
+                if isinstance(it, str):
+                    continue
+                try:
+                    ep.receive_datagram(it[0], it[1], it[2], now)
+                except Exception:
+                    # one datagram or one SA's bug must not stop every other SA
+                    log.exception("IKE worker: unexpected error")
             try:
-                if not isinstance(item, str):
-                    data, local, remote = item
-                    ep.receive_datagram(data, local, remote, now)
                 ep.handle_timer(now)
                 await self._flush(now)
             except Exception:
-                # one datagram or one SA's bug must not stop every other SA
                 log.exception("IKE worker: unexpected error")
+            if stop:
+                return
 
     async def _flush(self, now: float) -> None:
         self.endpoint.flush(now)

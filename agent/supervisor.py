@@ -327,12 +327,17 @@ class Supervisor:
         self.counters["ike_established"] += 1
         peer = str(ev.remote_id)
         if ev.initial_contact:
-            # RFC 7296 2.4: the peer has no other IKE SA with us: ours are stale
+            # RFC 7296 2.4: the peer has no other IKE SA with us: ours are stale.  Only
+            # those up before this SA's IKE_SA_INIT: one that came up since was made with
+            # the peer as it is now (both ends starting at once each send INITIAL_CONTACT,
+            # and the SA the other side initiated must survive it)
+            started = sa.created_at if sa.created_at is not None else now
             for other in self.driver.sas:
                 if (
                     other is not sa
                     and other.state == IkeState.ESTABLISHED
                     and str(other.remote_id) == peer
+                    and (other.established_at is None or other.established_at < started)
                 ):
                     other.discard("the peer restarted (INITIAL_CONTACT)", now)
                     self.driver.nudge()

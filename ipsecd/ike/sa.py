@@ -231,8 +231,10 @@ class IkeSa:
         #: Asked when IKE_AUTH is built whether to send INITIAL_CONTACT (RFC 7296 2.4:
         #: only when no other IKE SA with the peer exists); None: ``config.initial_contact``.
         self.initial_contact_hook: Callable[[IkeSa], bool] | None = None
-        #: When this SA object was made (by the owner's clock), for its owner.
+        #: When this SA object was made (by the owner's clock), for its owner; when it
+        #: became ESTABLISHED (the engine's clock, the same one).
         self.created_at: float | None = None
+        self.established_at: float | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -778,6 +780,7 @@ class IkeSa:
     def mark_established(self, now: float) -> None:
         """IKE_AUTH succeeded: announce it, start the lifetime timers."""
         self._half_open_deadline = None
+        self.established_at = now
         self.trigger(IkeTrigger.AUTHENTICATED)
         self._start_timers(now)
         self.emit(self._established_event())
