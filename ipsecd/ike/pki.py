@@ -334,8 +334,10 @@ def _der(cert: x509.Certificate) -> bytes:
 # --------------------------------------------------------------------------- single checks
 
 
-def _key_problem(key: object, owner: str) -> tuple[CertFailure, str] | None:
-    """Why a public (or private) key is not acceptable, or None.
+def _key_problem(key: object, owner_of: Callable[[], str]) -> tuple[CertFailure, str] | None:
+    """Why a public (or private) key is not acceptable, or None.  ``owner_of()`` names
+    the key's holder; it is called only when there is a problem (naming a certificate
+    costs more than checking its key).
 
     RSA below 2048 bits and curves other than P-256/P-384/P-521 are out: the floor
     RFC 8247 4 sets for IKE authentication as far as memory serves (not re-read); DSA
@@ -343,7 +345,7 @@ def _key_problem(key: object, owner: str) -> tuple[CertFailure, str] | None:
     if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
         if key.key_size < 2048:
             return CertFailure.WEAK_KEY, (
-                f"{owner} has a {key.key_size}-bit RSA key; at least 2048 bits are "
+                f"{owner_of()} has a {key.key_size}-bit RSA key; at least 2048 bits are "
                 "required; issue a new key of 2048 bits or more"
             )
         return None
@@ -353,11 +355,11 @@ def _key_problem(key: object, owner: str) -> tuple[CertFailure, str] | None:
             return None
         if key.curve.key_size < 256:
             return CertFailure.WEAK_KEY, (
-                f"{owner} has an ECDSA key on {curve} ({key.curve.key_size} bits); use "
+                f"{owner_of()} has an ECDSA key on {curve} ({key.curve.key_size} bits); use "
                 "P-256, P-384 or P-521"
             )
         return CertFailure.UNSUPPORTED_KEY, (
-            f"{owner} has an ECDSA key on {curve}; ipsecd supports P-256, P-384 and P-521"
+            f"{owner_of()} has an ECDSA key on {curve}; ipsecd supports P-256, P-384 and P-521"
         )
     if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
         return None
@@ -368,7 +370,7 @@ def _key_problem(key: object, owner: str) -> tuple[CertFailure, str] | None:
     else:
         kind = "unreadable" if key is None else type(key).__name__
     return CertFailure.UNSUPPORTED_KEY, (
-        f"{owner} has a {kind} key; ipsecd supports RSA (2048 bits or more), ECDSA "
+        f"{owner_of()} has a {kind} key; ipsecd supports RSA (2048 bits or more), ECDSA "
         "(P-256, P-384, P-521) and Ed25519"
     )
 
@@ -447,7 +449,7 @@ def _check_common(cert: x509.Certificate, now: float, role: str, *, issuer: bool
             f"{role} {describe(cert)} has a public key ipsecd cannot use "
             f"({cert.public_key_algorithm_oid.dotted_string})",
         ) from exc
-    problem = _key_problem(key, f"{role} {describe(cert)}")
+    problem = _key_problem(key, lambda: f"{role} {describe(cert)}")
     if problem is not None:
         raise _fail(problem[0], cert, problem[1])
 
@@ -962,7 +964,7 @@ class TrustStore:
                 issuer_key: object = issuer.public_key()
             except (ValueError, UnsupportedAlgorithm):
                 issuer_key = None
-            problem = _key_problem(issuer_key, f"{role} {describe(issuer)}")
+            problem = _key_problem(issuer_key, lambda: f"{role} {describe(issuer)}")
             if problem is not None:
                 raise _LinkError(rank + 4, _fail(problem[0], issuer, problem[1])) from None
             raise _LinkError(
@@ -1229,7 +1231,7 @@ class LocalCredentials:
                 f"LocalCredentials: the private key for {describe(ee)} is a "
                 f"{type(self.key).__name__}; ipsecd signs with RSA, ECDSA or Ed25519 keys"
             )
-        problem = _key_problem(self.key, f"the private key for {describe(ee)}")
+        problem = _key_problem(self.key, lambda: f"the private key for {describe(ee)}")
         if problem is not None:
             raise IkeLocalError(f"LocalCredentials: {problem[1]}")
         spki = serialization.PublicFormat.SubjectPublicKeyInfo
