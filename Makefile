@@ -35,10 +35,10 @@ deps:
 	fi
 	@bash scripts/install-lab-peers.sh
 
-$(VENV)/.stamp: pyproject.toml
+$(VENV)/.stamp: pyproject.toml constraints.txt
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
 venv: $(VENV)/.stamp

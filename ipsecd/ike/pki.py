@@ -58,8 +58,13 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import (
+    ExtendedKeyUsageOID,
+    ExtensionOID,
+    PublicKeyAlgorithmOID,
+    SignatureAlgorithmOID,
+)
 
 from .config import Identity
 from .constants import IdType
@@ -363,12 +368,12 @@ def _key_problem(key: object, owner_of: Callable[[], str]) -> tuple[CertFailure,
         )
     if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
         return None
-    if isinstance(key, dsa.DSAPublicKey | dsa.DSAPrivateKey):
-        kind = "DSA"
-    elif isinstance(key, ed448.Ed448PublicKey | ed448.Ed448PrivateKey):
-        kind = "Ed448"
+    # DSA, Ed448 and the rest are named by their class (``DSAPublicKey`` -> "DSA"): the
+    # ``dsa`` module's classes warn on access since cryptography 51 (DSA is deprecated).
+    if key is None:
+        kind = "unreadable"
     else:
-        kind = "unreadable" if key is None else type(key).__name__
+        kind = type(key).__name__.removesuffix("PublicKey").removesuffix("PrivateKey")
     return CertFailure.UNSUPPORTED_KEY, (
         f"{owner_of()} has a {kind} key; ipsecd supports RSA (2048 bits or more), ECDSA "
         "(P-256, P-384, P-521) and Ed25519"
@@ -440,6 +445,14 @@ def _check_common(cert: x509.Certificate, now: float, role: str, *, issuer: bool
             f"({ext.oid.dotted_string}, {oid_name}); RFC 5280 4.2 requires refusing it",
         )
     _check_validity(cert, now, role)
+    if cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.DSA:
+        # refused before loading: cryptography >= 51 warns on every DSA key it loads
+        raise _fail(
+            CertFailure.UNSUPPORTED_KEY,
+            cert,
+            f"{role} {describe(cert)} has a DSA key; ipsecd supports RSA (2048 bits or "
+            "more), ECDSA (P-256, P-384, P-521) and Ed25519",
+        )
     try:
         key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
