@@ -114,9 +114,15 @@ def ike_config(
     dpd: float | None = None,
     retransmit: object | None = None,
     credentials: Credentials | None = None,
+    fragment_size: int = 1280,
 ) -> IkeConfig | Unusable:
-    """The engine configuration of ``conn``, or why it cannot run."""
+    """The engine configuration of ``conn``, or why it cannot run.  ``fragment_size``:
+    the largest IKE datagram once RFC 7383 fragmentation is in use, 0 for none."""
     extra: dict[str, object] = {}
+    if fragment_size:
+        extra["fragment_size"] = fragment_size
+    else:
+        extra["fragmentation"] = False
     psk = b""
     if conn.auth == "certificate":
         made = _certificates(conn, credentials)

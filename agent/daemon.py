@@ -85,6 +85,9 @@ class AgentOptions:
     node_files: NodeFiles = field(default_factory=NodeFiles)
     credential_check: float = 60.0
     ipv6: bool = True
+    #: --ike-fragment-size: the largest IKE datagram once fragmentation is in use
+    #: (RFC 7383); 0 turns fragmentation off (docs/operations.md "Certificates").
+    ike_fragment_size: int = 1280
 
     @property
     def cluster(self) -> bool:
@@ -364,7 +367,11 @@ class Daemon:
         out = []
         for c in cfg.connections:
             made = ike_config(
-                c, self.secrets, retransmit=self.opts.retransmit, credentials=self.credentials
+                c,
+                self.secrets,
+                retransmit=self.opts.retransmit,
+                credentials=self.credentials,
+                fragment_size=self.opts.ike_fragment_size,
             )
             problem = made.reason if isinstance(made, Unusable) else None
             if problem:

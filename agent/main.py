@@ -140,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
         "changes (may be repeated)",
     )
     p.add_argument(
+        "--ike-fragment-size",
+        metavar="BYTES",
+        type=int,
+        default=1280,
+        help="largest IKE datagram (IP and UDP headers included) once IKE fragmentation "
+        "(RFC 7383) is in use: the path MTU to the peers (default 1280, at least 576; "
+        "0 turns fragmentation off)",
+    )
+    p.add_argument(
         "--state-dir",
         default=str(STATE_DIR),
         help=f"where the agent keeps its state (default {STATE_DIR}, mode 0700)",
@@ -182,6 +191,11 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
     spd_file = Path(args.file or DEFAULT_SPD)
     if bool(args.cert) != bool(args.key):
         raise ValueError("--cert and --key go together: the certificate and its private key")
+    if args.ike_fragment_size != 0 and not 576 <= args.ike_fragment_size <= 65535:
+        raise ValueError(
+            f"--ike-fragment-size {args.ike_fragment_size}: give the path MTU to the "
+            "peers, 576..65535 bytes (or 0 to turn IKE fragmentation off)"
+        )
     node_files = NodeFiles(
         Path(args.cert) if args.cert else None,
         Path(args.key) if args.key else None,
@@ -203,6 +217,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         netns=args.netns,
         log_unmatched=args.log_unmatched,
         node_files=node_files,
+        ike_fragment_size=args.ike_fragment_size,
     )
 
 

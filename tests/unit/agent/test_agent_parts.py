@@ -195,3 +195,23 @@ def test_options_defaults() -> None:
     opts = options_from(args)
     assert opts.cluster and opts.controllers == ("c1:1", "c2:2") and opts.spd_file is None
     assert dict(opts.labels) == {"role": "web", "zone": "a"}
+
+
+def test_ike_fragment_size_reaches_every_engine_config() -> None:
+    """--ike-fragment-size: the path MTU the engine splits IKE messages for (RFC 7383);
+    0 turns fragmentation off; out-of-range sizes are refused with the range."""
+    conn = by_name(compiled(), "mesh/")
+    default = ike_config(conn, {})
+    assert isinstance(default, IkeConfig)
+    assert default.fragmentation and default.fragment_size == 1280
+    small = ike_config(conn, {}, fragment_size=576)
+    assert isinstance(small, IkeConfig) and small.fragmentation and small.fragment_size == 576
+    off = ike_config(conn, {}, fragment_size=0)
+    assert isinstance(off, IkeConfig) and not off.fragmentation
+    args = build_parser().parse_args(["-f", "/tmp/x.spd", "--ike-fragment-size", "1400"])
+    assert options_from(args).ike_fragment_size == 1400
+    assert options_from(build_parser().parse_args(["-f", "/tmp/x.spd"])).ike_fragment_size == 1280
+    for bad in ("100", "70000"):
+        args = build_parser().parse_args(["-f", "/tmp/x.spd", "--ike-fragment-size", bad])
+        with pytest.raises(ValueError, match=r"576\.\.65535.*0 to turn"):
+            options_from(args)
