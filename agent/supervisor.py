@@ -134,7 +134,8 @@ class Supervisor:
         self.defaults: spd.Defaults | None = None
         self.started_at = clock()
         #: Peer identities we have had an established IKE SA with since start.
-        self._known_peers: set[str] = set()
+        #: (our identity, the peer's) pairs with an IKE SA since start (INITIAL_CONTACT).
+        self._known_peers: set[tuple[str, str]] = set()
         #: Peers we initiate to once after start (INITIAL_CONTACT), by connection name.
         self._startup: set[str] = set()
         self._first_update = True
@@ -239,15 +240,17 @@ class Supervisor:
         log.info("%s: initiating to %s", conn.name, conn.ike.remote_addr)
 
     def _initial_contact(self, sa: IkeSa) -> bool:
-        """RFC 7296 2.4: only on our first IKE SA with the peer since start, and only
-        while no other SA with it exists."""
-        peer = str(sa.config.remote_id)
-        if peer in self._known_peers:
+        """RFC 7296 2.4: only on our first IKE SA between the two identities since
+        start, and only while no other SA between them exists."""
+        pair = (str(sa.config.local_id), str(sa.config.remote_id))
+        if pair in self._known_peers:
             return False
         others = [
             o
             for o in self.driver.sas
-            if o is not sa and str(o.config.remote_id) == peer and o.state != IkeState.INITIAL
+            if o is not sa
+            and (str(o.config.local_id), str(o.config.remote_id)) == pair
+            and o.state != IkeState.INITIAL
         ]
         return not others
 
@@ -325,23 +328,26 @@ class Supervisor:
 
     def _ike_up(self, sa: IkeSa, conn: Conn | None, ev: IkeSaEstablished, now: float) -> None:
         self.counters["ike_established"] += 1
-        peer = str(ev.remote_id)
+        pair = (str(ev.local_id), str(ev.remote_id))
         if ev.initial_contact:
-            # RFC 7296 2.4: the peer has no other IKE SA with us: ours are stale.  Only
-            # those up before this SA's IKE_SA_INIT: one that came up since was made with
-            # the peer as it is now (both ends starting at once each send INITIAL_CONTACT,
-            # and the SA the other side initiated must survive it)
+            # RFC 7296 2.4: the peer has no other IKE SA "between the authenticated
+            # identities": ours between the same two identities are stale (one with
+            # another identity of ours, e.g. our address of the other family, is not).
+            # Only those up before this SA's IKE_SA_INIT: one that came up since was
+            # made with the peer as it is now (both ends starting at once each send
+            # INITIAL_CONTACT, and the SA the other side initiated must survive it)
             started = sa.created_at if sa.created_at is not None else now
             for other in self.driver.sas:
                 if (
                     other is not sa
                     and other.state == IkeState.ESTABLISHED
-                    and str(other.remote_id) == peer
+                    and str(other.remote_id) == pair[1]
+                    and str(other.config.local_id) == pair[0]
                     and (other.established_at is None or other.established_at < started)
                 ):
                     other.discard("the peer restarted (INITIAL_CONTACT)", now)
                     self.driver.nudge()
-        self._known_peers.add(peer)
+        self._known_peers.add(pair)
         if conn is None:
             log.warning(
                 "%s: IKE SA established for a connection no longer in the policy; deleting it",

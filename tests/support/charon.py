@@ -446,14 +446,36 @@ class Charon:
                 out.append({"name": name, **body})
         return out
 
-    def terminate_ike(self, ike: str, *, timeout: float = 5.0) -> None:
-        req = {"ike": ike, "timeout": str(int(timeout * 1000)), "force": "yes"}
+    def terminate_ike(self, ike: str, *, timeout: float = 5.0, force: bool = True) -> None:
+        """Delete the IKE SAs of connection ``ike`` (INFORMATIONAL Delete, RFC 7296
+        1.4.1).  ``force``: charon drops the SA without waiting for the answer;
+        otherwise it waits (up to ``timeout``) for the peer to answer the Delete."""
+        req = {"ike": ike, "timeout": str(int(timeout * 1000))}
+        if force:
+            req["force"] = "yes"
 
         def run(s: Any) -> None:
             for _log in s.terminate(req):
                 pass
 
         self._call(f"terminate {ike}", run)
+
+    def rekey(self, *, child: str | None = None, ike: str | None = None) -> int:
+        """Start rekeying the CHILD SAs of ``child`` (RFC 7296 1.3.3) or the IKE SAs of
+        ``ike`` (RFC 7296 2.18; a rekey, never a reauthentication) and return at once:
+        charon queues the exchange, poll :meth:`list_sas` for the outcome.  Returns how
+        many SAs charon matched; raises :class:`CharonError` when it matched none."""
+        if (child is None) == (ike is None):
+            raise ValueError("Charon.rekey: name exactly one of child= or ike=")
+        req = {"child": child} if child is not None else {"ike": ike, "reauth": "no"}
+        answer = _text(self._call(f"rekey {req}", lambda s: s.rekey(req)))
+        assert isinstance(answer, dict)
+        if answer.get("success", "yes") != "yes" or int(answer.get("matches", "0")) < 1:
+            raise CharonError(
+                f"vici rekey {req} on charon in netns {self.netns.name}: {answer}; "
+                f"log tail:\n{self.log_tail()}"
+            )
+        return int(answer["matches"])
 
     def stats(self) -> dict[str, Any]:
         return _text(self._call("stats", lambda s: s.stats()))  # type: ignore[return-value]

@@ -353,7 +353,10 @@ _PARENT = re.compile(r"\bIKE SA #(?P<ike>\d+);")
 _SPIS = re.compile(
     r'^(?:\d{3} )?#(?P<serial>\d+): "(?P<conn>[^"]+)"(?:\[\d+\])?[^ ]* (?P<rest>.*)$'
 )
-_SA = re.compile(r"\b(?P<proto>esp|ah)\.(?P<spi>[0-9a-f]+)@(?P<addr>\S+)")
+# pluto writes an SA as PROTO.SPI@ADDR for IPv4 and PROTO:SPI@ADDR for IPv6
+# ("esp:c199723d@fd00::1"); the same for the tunnel pseudo-SA (tun.0@ / tun:0@).
+_SA = re.compile(r"\b(?P<proto>esp|ah)[.:](?P<spi>[0-9a-f]+)@(?P<addr>\S+)")
+_TUN = re.compile(r"\btun[.:][0-9a-f]+@")
 _TRAFFIC = re.compile(r"\b(?:ESP|AH)(?P<dir>in|out)=(?P<n>\d+)(?P<unit>[KMGT]?)B")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _ALGS = re.compile(r'^(?:\d{3} )?"(?P<conn>[^"]+)"(?:\[\d+\])?[^:]*:\s+(?P<what>IKEv2|ESP|AH) '
@@ -404,7 +407,7 @@ def parse_showstates(
                 ike_serial=st["ike"],
                 state=st["state"],
                 protocol=sas[0]["proto"].upper(),
-                mode="tunnel" if "tun." in rest else "transport",
+                mode="tunnel" if _TUN.search(rest) else "transport",
                 spi_in=int(inbound[0]["spi"], 16) if inbound else 0,
                 spi_out=int(outbound[0]["spi"], 16) if outbound else 0,
                 bytes_in=traffic.get("in", 0),

@@ -560,9 +560,12 @@ class Iked:
                     f"during start-up; log tail:\n{self.log_tail()}"
                 )
             if self.sock_path.exists():
-                probe = self._ikectl_raw(["show", "sa"], timeout=30)
-                if probe.returncode == 0:
-                    return
+                # the socket may exist before iked answers on it (a busy start under
+                # emulation): a probe that hangs is retried until the deadline
+                left = max(1.0, min(30.0, deadline - time.monotonic()))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    if self._ikectl_raw(["show", "sa"], timeout=left).returncode == 0:
+                        return
             time.sleep(0.1)
         self.stop()
         raise IkedError(
@@ -717,9 +720,18 @@ class Iked:
         out = []
         for sa in sas:
             policy, algs = established.get(sa.ispi) or established.get(sa.rspi) or ("", "")
+            if not policy:
+                # an IKE SA made by a rekey (RFC 7296 2.18) has no "established" line
+                # of its own: the one loaded policy between the two addresses names it
+                policy = self._policy_by_addresses(sa)
             child_algs = loaded.get(sa.ispi) or loaded.get(sa.rspi) or ""
             out.append(replace(sa, policy=policy, algorithms=algs, child_algorithms=child_algs))
         return out
+
+    def _policy_by_addresses(self, sa: IkeSa) -> str:
+        hosts = (sa.local.rsplit(":", 1)[0].strip("[]"), sa.remote.rsplit(":", 1)[0].strip("[]"))
+        names = [c.name for c in self.conns.values() if (c.local_addr, c.remote_addr) == hosts]
+        return names[0] if len(names) == 1 else ""
 
     def kernel_states(self) -> str:
         """``ip xfrm state`` in iked's namespace (what PF_KEY installed), keys redacted."""
