@@ -137,7 +137,7 @@ def render_table(status: Mapping[str, Any]) -> str:
         )
     conns = status.get("connections") or []
     if conns:
-        header = ("CONNECTION", "PEER", "STATE", "IKE SPIs", "CHILD SAs (in/out)", "REKEYS")
+        header = ("CONNECTION", "PEER", "STATE", "AUTH", "IKE SPIs", "CHILD SAs (in/out)", "REKEYS")
         rows = [header]
         for c in conns:
             children = ", ".join(f"{ch['in']}/{ch['out']}" for ch in c.get("children", [])) or "-"
@@ -146,6 +146,7 @@ def render_table(status: Mapping[str, Any]) -> str:
                     str(c.get("name")),
                     f"{c.get('peer')} {c.get('remote')}",
                     str(c.get("state")),
+                    str(c.get("peer_auth") or "-"),
                     str(c.get("ike_spis") or "-"),
                     children,
                     str(c.get("rekeys", 0)),
@@ -156,6 +157,9 @@ def render_table(status: Mapping[str, Any]) -> str:
             lines.append(
                 "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
             )
+        for c in conns:  # who the peer proved to be (auth certificate)
+            if c.get("peer_certificate"):
+                lines.append(f"  {c['name']}: peer certificate {c['peer_certificate']}")
         errors = [(c["name"], c["last_error"]) for c in conns if c.get("last_error")]
         for name, err in errors:
             lines.append(f"  {name}: {err}")

@@ -172,7 +172,8 @@ def test_status_table_names_the_problem() -> None:
         "connections": [
             {"name": "mesh/b/ipv4", "peer": "b", "remote": "192.0.2.2", "state": "up",
              "ike_spis": "01:02", "children": [{"in": "0000c001", "out": "0000c002"}],
-             "rekeys": 3, "last_error": None},
+             "rekeys": 3, "last_error": None, "peer_auth": "ecdsa-sha256",
+             "peer_certificate": "CN=b,O=cluster"},
             {"name": "db/b/ipv4", "peer": "b", "remote": "192.0.2.2", "state": "unusable",
              "ike_spis": None, "children": [], "rekeys": 0,
              "last_error": "secret 'db-psk' is not available"},
@@ -181,6 +182,10 @@ def test_status_table_names_the_problem() -> None:
     text = render_table(status)
     assert "health degraded" in text and "0000c001/0000c002" in text
     assert "db/b/ipv4: secret 'db-psk' is not available" in text
+    header, mesh, db = (ln.split() for ln in text.splitlines()[2:5])
+    # (the PEER cell is two words: name and address)
+    assert header[3] == "AUTH" and mesh[4] == "ecdsa-sha256" and db[4] == "-"
+    assert "mesh/b/ipv4: peer certificate CN=b,O=cluster" in text
 
 
 def test_options_defaults() -> None:
