@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from controller.cli_convert import register as _register_convert
 from controller.cli_remote import register as _register_remote
 from ipsecd.spd import (
     Diagnostic,
@@ -64,7 +65,7 @@ def _register_local(subparsers: Any) -> None:
 
 
 #: Functions that add subcommands.  Other modules' ``register`` functions go here.
-REGISTRARS: list[Registrar] = [_register_local, _register_remote]
+REGISTRARS: list[Registrar] = [_register_local, _register_remote, _register_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
