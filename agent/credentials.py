@@ -15,14 +15,21 @@ the shared :class:`~ipsecd.ike.auth.Trust` in place, so every later IKE_AUTH see
 and the supervisor re-checks established peers against them (a revoked peer's IKE SA
 is deleted).  A file that cannot be used is reported per connection with the path and
 the fix; the connection is unusable (its traffic stays blocked, never in clear).
+
+The same ``--cert``/``--key``/``--ca`` are the agent's mTLS credentials for the
+controller stream (:func:`controller_credentials`, docs/security.md): the certificate
+must carry the role ``node`` and this node's name (:mod:`ipsecd.roles`), as
+``ipsecd-controller issue --role node`` makes it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -34,8 +41,9 @@ from ipsecd.ike.pki import (
     load_pem_certificates,
     load_pem_crls,
 )
+from ipsecd.roles import Role, RoleError, role_of
 
-__all__ = ["CredentialError", "Credentials", "NodeFiles"]
+__all__ = ["CredentialError", "Credentials", "NodeFiles", "controller_credentials"]
 
 log = logging.getLogger("ipsecd.agent")
 
@@ -195,3 +203,42 @@ class Credentials:
             except (IkeLocalError, CredentialError) as exc:
                 raise CredentialError(f"{path}: {exc}") from None
         return TrustStore(tuple(anchors), tuple(crls))
+
+
+def controller_credentials(node: NodeFiles, name: str) -> Any:
+    """``grpc.ChannelCredentials`` for mTLS to the controller from the node's own files,
+    after checking what can be checked here: all three files given and usable, the key
+    is the certificate's, the certificate is valid now and is node ``name``'s."""
+    if node.cert is None or node.key is None or node.ca is None:
+        raise CredentialError(
+            "the controller stream is mTLS: start the agent with --cert FILE --key FILE "
+            "--ca FILE (this node's certificate, e.g. from `ipsecd-controller issue --role "
+            "node`), or with --insecure for plaintext gRPC on a trusted network"
+        )
+    cert_pem, key_pem, ca_pem = _read(node.cert), _read(node.key, secret=True), _read(node.ca)
+    try:
+        local = LocalCredentials.from_pem(cert_pem, key_pem, where=f"{node.cert} / {node.key}")
+        load_pem_certificates(ca_pem, where=str(node.ca))
+    except IkeLocalError as exc:
+        raise CredentialError(str(exc)) from None
+    cert = local.certificate
+    try:
+        ident = role_of(cert)
+    except RoleError as exc:
+        raise CredentialError(f"{node.cert}: {exc}") from None
+    if ident.role != Role.NODE or ident.name != name:
+        raise CredentialError(
+            f"{node.cert} is the certificate of {ident}, not of node {name!r}: give this "
+            "node's own certificate, or --node with the name it was issued for"
+        )
+    now = dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc < now:
+        raise CredentialError(
+            f"{node.cert} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: renew it "
+            f"(ipsecd-controller issue --role node --name {name} ...)"
+        )
+    import grpc
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+    )

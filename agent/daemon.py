@@ -37,7 +37,7 @@ from ipsecd.spd import NodeInfo, SpdError
 from ipsecd.v1 import types_pb2
 
 from .connections import Unusable, connection_digest, ike_config
-from .credentials import Credentials, NodeFiles
+from .credentials import CredentialError, Credentials, NodeFiles, controller_credentials
 from .ike_driver import IkeDriver
 from .kernel import DesiredKernel, KernelConfigError, desired_state, kernel_reqid
 from .status import StatusServer
@@ -193,6 +193,7 @@ class Daemon:
     async def run(self) -> int:
         """Until stop(): 0 on an orderly stop, 1 when the first policy failed."""
         opts = self.opts
+        stream_credentials = self._stream_credentials()  # unusable files: fail before anything
         self.addresses = opts.addresses or await asyncio.to_thread(local_addresses, opts.netns)
         if opts.secrets_file is not None:
             self.secrets = read_secrets(opts.secrets_file)
@@ -207,7 +208,9 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._ticker(), name="ike-ticker"))
             self._tasks.append(asyncio.create_task(self._kernel_events(), name="xfrm-events"))
             if opts.cluster:
-                self._tasks.append(asyncio.create_task(self._follow_controller(), name="stream"))
+                self._tasks.append(
+                    asyncio.create_task(self._follow_controller(stream_credentials), name="stream")
+                )
             else:
                 self._tasks.append(asyncio.create_task(self._reloader(), name="reloader"))
             self._tasks.append(asyncio.create_task(self.unmatched.run(), name="unmatched"))
@@ -533,7 +536,33 @@ class Daemon:
                 exc,
             )
 
-    async def _follow_controller(self) -> None:
+    def _stream_credentials(self) -> Any:
+        """mTLS to the controller with the node's certificate (a provider that reads the
+        files again for every connection, keeping the last good ones when they become
+        unusable), or None with ``--insecure`` (warned on every start)."""
+        opts = self.opts
+        if not opts.cluster:
+            return None
+        if opts.insecure:
+            log.warning(
+                "--insecure: plaintext gRPC to the controller (%s): it is not "
+                "authenticated and the policy travels in clear",
+                ",".join(opts.controllers),
+            )
+            return None
+        last = controller_credentials(opts.node_files, opts.node)
+
+        def provider() -> Any:
+            nonlocal last
+            try:
+                last = controller_credentials(opts.node_files, opts.node)
+            except CredentialError as exc:
+                log.error("controller stream: %s; connecting with the previous files", exc)
+            return last
+
+        return provider
+
+    async def _follow_controller(self, credentials: Any = None) -> None:
         from .stream import (
             AgentIdentity,
             AgentStream,
@@ -581,6 +610,7 @@ class Daemon:
             status_interval=self.opts.status_interval,
             last_revision=last,
             last_sha256=sha,
+            credentials=credentials,
         )
         self.stream = stream
         await stream.run()

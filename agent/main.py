@@ -5,9 +5,11 @@ Standalone, as the Tru64 daemon::
     ipsecd -f FILE [--nodes NODESFILE] [--node NAME] [-m quiet|default|verbose]
            [-o DEBUGFILE] [-l] [-b] [-d] [-p]
 
-Cluster::
+Cluster (mTLS to the controller with the node certificate, which is also its IKE
+certificate; ``--insecure`` for plaintext)::
 
-    ipsecd --controller HOST:PORT[,HOST:PORT...] --node NAME [--labels k=v,...] --insecure
+    ipsecd --controller HOST:PORT[,HOST:PORT...] --node NAME [--labels k=v,...]
+           --cert NODE.pem --key NODE.key --ca CA.pem
 
 Service operations (the seed's init script)::
 
@@ -111,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="cluster mode: plaintext gRPC to the controller (mTLS is not available "
-        "yet: use only on a trusted network)",
+        help="cluster mode: plaintext gRPC to the controller (a controller started with "
+        "--insecure, on a trusted network only; warns on every start); without it the "
+        "stream is mTLS with --cert/--key/--ca",
     )
     p.add_argument(
         "--secrets",
@@ -181,10 +184,11 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
             "-f and --controller exclude each other: a node follows either its "
             "SPD file (standalone) or the controller (cluster)"
         )
-    if controllers and not args.insecure:
+    if controllers and not args.insecure and not (args.cert and args.key and args.ca):
         raise ValueError(
-            "cluster mode without mTLS: pass --insecure to use plaintext gRPC "
-            "(mutual TLS comes with the cluster CA)"
+            "cluster mode talks mTLS to the controller: pass --cert FILE --key FILE --ca "
+            "FILE (this node's certificate from `ipsecd-controller issue --role node`), or "
+            "pass --insecure for plaintext gRPC to a controller started with --insecure"
         )
     if controllers and args.backup:
         raise ValueError("-b is for standalone mode (the controller keeps the revisions)")
@@ -218,6 +222,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         log_unmatched=args.log_unmatched,
         node_files=node_files,
         ike_fragment_size=args.ike_fragment_size,
+        insecure=bool(controllers) and args.insecure,
     )
 
 

@@ -18,6 +18,10 @@
   the agent provides); ``report()`` sends an unsolicited report, and if
   ``status_interval`` is set the stream reports periodically on its own.
 
+* mTLS: ``credentials`` are ``grpc.ChannelCredentials`` or a callable returning them,
+  called for every connection (a renewed certificate is used from the next one on);
+  None is plaintext (``--insecure``).
+
 The policy the agent holds is never dropped because the stream is lost: events only
 say what arrived; the agent keeps enforcing its last applied revision.
 """
@@ -133,7 +137,7 @@ class AgentStream:
         status_interval: float | None = None,
         last_revision: int = 0,
         last_sha256: str = "",
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: grpc.ChannelCredentials | Callable[[], Any] | None = None,
         idle_timeout: float = 45.0,
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
@@ -250,9 +254,12 @@ class AgentStream:
         )
 
     def _channel(self, address: str) -> grpc.aio.Channel:
-        if self.credentials is None:
+        creds = self.credentials
+        if creds is None:
             return grpc.aio.insecure_channel(address, options=self.channel_options)
-        return grpc.aio.secure_channel(address, self.credentials, options=self.channel_options)
+        if callable(creds):  # a provider: read again for every connection (renewals)
+            creds = creds()
+        return grpc.aio.secure_channel(address, creds, options=self.channel_options)
 
     async def _session(self, address: str) -> None:
         """One stream, until it ends; sets ``_established`` once the controller answers."""

@@ -2,7 +2,8 @@
 
 For N in (1000, 5000) (override with BENCH_CONTROLLER_AGENTS=1000,5000):
 
-* a fresh ``ipsecd-controller`` process on a shared etcd (fresh key root per N);
+* a fresh ``ipsecd-controller`` process on a shared etcd (fresh key root per N),
+  plaintext (``--insecure``: the figures are the fan-out's, not TLS's);
 * the agents run in separate worker processes (so the controller's RSS is its own),
   one gRPC channel + stream per agent, as real nodes would;
 * push -> every agent has the revision and has sent its ack: p50/p99/max over all
@@ -262,7 +263,7 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
     prof = ["-m", "cProfile", "-o", profile] if profile else []
     ctl = subprocess.Popen(
         [sys.executable, *prof, "-m", "controller.main", "--etcd", etcd_url, "--listen", address,
-         "--key-root", f"/bench-{n}-{os.getpid()}/", "--ping-interval", "10"],
+         "--key-root", f"/bench-{n}-{os.getpid()}/", "--ping-interval", "10", "--insecure"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
     )  # fmt: skip
     workers: list[subprocess.Popen[str]] = []
@@ -405,7 +406,7 @@ def run_slow(etcd_url: str, n: int) -> dict[str, Any]:
     ctl = subprocess.Popen(
         [sys.executable, "-m", "controller.main", "--etcd", etcd_url, "--listen", address,
          "--key-root", f"/bench-slow-{os.getpid()}/", "--ping-interval", str(SLOW_PING_INTERVAL),
-         "--stream-drain-timeout", str(SLOW_DRAIN_TIMEOUT)],
+         "--stream-drain-timeout", str(SLOW_DRAIN_TIMEOUT), "--insecure"],
         stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
     )  # fmt: skip
     workers: list[subprocess.Popen[str]] = []

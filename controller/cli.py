@@ -24,9 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+# gRPC's C core logs a failed TLS handshake on stderr at INFO level, read from the
+# environment when grpc is first imported; ipsecctl says what failed itself, in one
+# line (controller/cli_remote.py), so only the core's errors are let through.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from controller.cli_convert import register as _register_convert
 from controller.cli_remote import register as _register_remote
@@ -75,7 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--controller",
         metavar="HOST:PORT",
-        help="controller address for remote subcommands (default $IPSECCTL_CONTROLLER)",
+        help="controller address for remote subcommands (default $IPSECCTL_CONTROLLER, "
+        "else the config's first address)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="credentials for remote subcommands (default $IPSECCTL_CONFIG, else "
+        "~/.config/ipsecctl/config; `ipsecd-controller init` writes admin.conf)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC to a controller started with --insecure (warns)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTRARS:

@@ -4,8 +4,12 @@
     ipsecctl get [--revision N] [--show-secrets]
     ipsecctl history | diff A B | rollback [N] | nodes | status [NODE]
 
-Every subcommand takes ``--controller HOST:PORT`` (default: ``$IPSECCTL_CONTROLLER``,
-else 127.0.0.1:7480) and ``-o table|json`` (tables for people, JSON for scripts).
+Every subcommand takes ``-o table|json`` (tables for people, JSON for scripts) and
+talks mTLS with the credentials of an ipsecctl config (controller/clientconf.py):
+``--config FILE``, else ``$IPSECCTL_CONFIG``, else ``~/.config/ipsecctl/config``.  The
+controller is ``--controller HOST:PORT``, else ``$IPSECCTL_CONTROLLER``, else the first
+address in the config.  ``--insecure`` talks plaintext instead (to a controller started
+with ``--insecure``; a warning on every run; default address 127.0.0.1:7480).
 
 Exit codes (stable, for scripts):
 
@@ -17,12 +21,14 @@ Exit codes (stable, for scripts):
 4     not found (no such revision, no policy yet, unknown node)
 5     the controller is unreachable
 6     the controller cannot reach etcd
-7     permission denied (e.g. --show-secrets from another host)
+7     permission denied or not authenticated (a role that may not do this, a
+      certificate refused or not trusted, --show-secrets without the admin role)
 8     any other error
 ====  =============================================================
 
-The channel is plaintext for now (loopback); :func:`channel_credentials` is the one
-place where client certificates plug in when the mTLS issue lands.
+A config that cannot be used (missing, readable by others, broken, expired) is a usage
+error (exit 2) whose message says what to do; :func:`resolve_target` is the one place
+that decides the address and the credentials.
 
 Message sizes are the controller's (:mod:`controller.limits`), mirrored: ``push``
 refuses a file over the largest policy any controller can accept before sending it; a
@@ -40,7 +46,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +55,7 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format
 
+from controller.clientconf import ConfigError, load_config, locate
 from controller.limits import (
     DEFAULT_MAX_POLICY_BYTES,
     MAX_RESPONSE_BYTES,
@@ -82,37 +90,115 @@ class CliError(Exception):
         self.kind = kind
 
 
-def channel_credentials() -> grpc.ChannelCredentials | None:
-    """None: plaintext.  The mTLS issue returns client-certificate credentials here."""
-    return None
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where ipsecctl connects and how: mTLS with the credentials of ``config``, or
+    plaintext (``credentials`` None, ``--insecure``)."""
+
+    address: str
+    credentials: grpc.ChannelCredentials | None = None
+    config: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.credentials is not None
 
 
-def _channel(address: str) -> grpc.aio.Channel:
-    creds = channel_credentials()
+INSECURE_WARNING = (
+    "warning: --insecure: plaintext gRPC to {address}: the controller is not "
+    "authenticated and nothing is encrypted"
+)
+
+
+def resolve_target(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Target:
+    """The controller address and credentials of a remote subcommand (see the module
+    docstring for the order); :class:`CliError` (usage) when no config can be used."""
+    env = os.environ if environ is None else environ
+    address = getattr(args, "sub_controller", None) or getattr(args, "controller", None)
+    address = address or env.get(ENV_CONTROLLER)
+    if getattr(args, "sub_insecure", False) or getattr(args, "insecure", False):
+        address = address or DEFAULT_CONTROLLER
+        print(INSECURE_WARNING.format(address=address), file=sys.stderr)
+        return Target(address)
+    flag = getattr(args, "sub_config", None) or getattr(args, "config", None)
+    try:
+        path = locate(flag, env)
+        conf = load_config(path)
+    except ConfigError as exc:
+        raise CliError(str(exc), "usage") from None
+    address = address or conf.controllers[0]
+    return Target(address, conf.channel_credentials(), path)
+
+
+def _channel(target: Target) -> grpc.aio.Channel:
     options = client_channel_options()
-    if creds is None:
-        return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(address, creds, options=options)
+    if target.credentials is None:
+        return grpc.aio.insecure_channel(target.address, options=options)
+    return grpc.aio.secure_channel(target.address, target.credentials, options=options)
 
 
-def _map_rpc_error(exc: grpc.aio.AioRpcError, address: str, command: str = "") -> CliError:
+def _unreachable(details: str, address: str, target: Target | None) -> CliError:
+    """UNAVAILABLE: a TLS failure (said plainly, with the fix) or no controller."""
+    first = details.splitlines()[0]
+    host = address.rsplit(":", 1)[0]
+    conf = str(target.config) if target is not None and target.config else "the config"
+    tls = target is not None and target.tls
+    if tls and "CERTIFICATE_VERIFY_FAILED" in details:
+        return CliError(
+            f"the controller at {address} presented a certificate the CA in {conf} did not "
+            f"sign ({first}); is {conf} this cluster's config?",
+            "permission-denied",
+        )
+    if tls and ("Hostname Verification" in details or "Peer name" in details):
+        return CliError(
+            f"the controller's certificate does not name {host} ({first}): dial a name or "
+            "address it was issued for (ipsecd-controller init --advertise/--san)",
+            "permission-denied",
+        )
+    if tls and "WRONG_VERSION_NUMBER" in details:
+        return CliError(
+            f"the controller at {address} does not speak TLS (started with --insecure?): "
+            "talk to it with --insecure, or serve mTLS (ipsecd-controller init)",
+            "unreachable",
+        )
+    if tls and "Socket closed" in details:
+        return CliError(
+            f"the controller at {address} closed the connection during the TLS "
+            f"handshake ({first}): it did not accept the client certificate of {conf} "
+            "(expired, or from another cluster's CA?)",
+            "permission-denied",
+        )
+    hint = ""
+    if target is not None and not tls and "Socket closed" in details:
+        hint = "; if it serves mTLS, use --config instead of --insecure"
+    return CliError(
+        f"cannot reach the controller at {address} ({first}); is ipsecd-controller "
+        f"running? set --controller or ${ENV_CONTROLLER}{hint}",
+        "unreachable",
+    )
+
+
+def _map_rpc_error(
+    exc: grpc.aio.AioRpcError, address: str, command: str = "", target: Target | None = None
+) -> CliError:
     kind = ""
     for key, value in exc.trailing_metadata() or ():
         if key == "ipsecd-error":
             kind = str(value)
     code = exc.code()
     details = exc.details() or code.name
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        conf = f" of {target.config}" if target is not None and target.config else ""
+        return CliError(
+            f"the controller at {address} refused the credentials{conf}: {details}",
+            "permission-denied",
+        )
     if kind == "store-unavailable":
         return CliError(f"the controller at {address} cannot reach etcd: {details}", kind)
     if kind in EXIT:
         return CliError(details, kind)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        first = details.splitlines()[0]
-        return CliError(
-            f"cannot reach the controller at {address} ({first}); is ipsecd-controller "
-            f"running? set --controller or ${ENV_CONTROLLER}",
-            "unreachable",
-        )
+        return _unreachable(details, address, target)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # gRPC's own size limit (no ipsecd-error kind: the handler never ran)
         first = details.splitlines()[0]
@@ -393,22 +479,16 @@ Command = Callable[[argparse.Namespace, grpc.aio.Channel], Awaitable[int]]
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        address = (
-            args.sub_controller
-            or getattr(args, "controller", None)
-            or os.environ.get(ENV_CONTROLLER)
-            or DEFAULT_CONTROLLER
-        )
-
-        async def go() -> int:
-            async with _channel(address) as ch:
+        async def go(target: Target) -> int:
+            async with _channel(target) as ch:
                 try:
                     return await command(args, ch)
                 except grpc.aio.AioRpcError as exc:
-                    raise _map_rpc_error(exc, address, getattr(args, "command", "") or "") from exc
+                    what = getattr(args, "command", "") or ""
+                    raise _map_rpc_error(exc, target.address, what, target) from exc
 
         try:
-            return asyncio.run(go())
+            return asyncio.run(go(resolve_target(args)))
         except CliError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT[exc.kind]
@@ -424,6 +504,18 @@ def register(subparsers: Any) -> None:
         dest="sub_controller",  # a top-level --controller (dest "controller") also works
         metavar="HOST:PORT",
         help=f"controller address (default ${ENV_CONTROLLER} or {DEFAULT_CONTROLLER})",
+    )
+    common.add_argument(
+        "--config",
+        dest="sub_config",  # a top-level --config (dest "config") also works
+        metavar="FILE",
+        help="credentials and addresses (default $IPSECCTL_CONFIG, else ~/.config/ipsecctl/config)",
+    )
+    common.add_argument(
+        "--insecure",
+        dest="sub_insecure",
+        action="store_true",
+        help="plaintext gRPC to a controller started with --insecure (no config)",
     )
     common.add_argument("-o", "--output", choices=("table", "json"), default="table")
 

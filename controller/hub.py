@@ -81,6 +81,7 @@ class StreamState:
         "reason",
         "sent_dir_version",
         "sent_rev",
+        "serial",
         "sink",
         "task",
         "write_since",
@@ -105,6 +106,7 @@ class StreamState:
         self.inflight = 0  # bytes of the write in progress
         self.first: list[bytes] = []  # the opening message(s): written before any slot
         self.reason = ""  # why the controller ended the stream ("" when it did not)
+        self.serial: int | None = None  # the agent's certificate serial (mTLS)
 
     def stalled_for(self, now: float) -> float:
         """Seconds the write in progress has been pending (0 when none is)."""

@@ -1,11 +1,17 @@
 """``ipsecd-controller``: one controller replica.
 
     ipsecd-controller [--listen 127.0.0.1:7480] [--state-dir DIR] [--etcd URL[,URL...]]
+                      [--insecure]
+    ipsecd-controller init|issue|revoke|crl|certs --state-dir DIR ...   (controller/pkicmd.py)
 
-Without ``--etcd`` it starts a private etcd (the ``etcd`` binary from PATH, data under
-``STATE_DIR/etcd``) so one machine works out of the box; with ``--etcd`` it joins an
-external cluster, and several replicas can share it (each with its own
-``--replica-id``/``--listen``).  Errors print ``error: ...`` and exit non-zero.
+It serves mTLS only, with the cluster CA and serving certificate that
+``ipsecd-controller init`` put in the state directory (controller/statedir.py), and
+authorizes every RPC by the role of the client certificate (controller/authz.py);
+``--insecure`` serves plaintext instead and says so on every start.  Without ``--etcd``
+it starts a private etcd (the ``etcd`` binary from PATH, data under ``STATE_DIR/etcd``)
+so one machine works out of the box; with ``--etcd`` it joins an external cluster, and
+several replicas can share it (each with its own ``--replica-id``/``--listen``).  Errors
+print ``error: ...`` and exit non-zero.
 """
 
 from __future__ import annotations
@@ -16,8 +22,14 @@ import logging
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
+from controller import pkicmd
+from controller.authz import Authorizer, CertificateAuthorizer, InsecureAuthorizer
+from controller.ca import CaError
 from controller.embedded_etcd import EtcdNotFound, EtcdProcess, EtcdStartError
 from controller.errors import StoreUnavailable
 from controller.etcd_store import EtcdStore
@@ -29,19 +41,36 @@ from controller.limits import (
     POLICY_BYTES_CEILING,
 )
 from controller.server import Controller, ControllerConfig
+from controller.statedir import load_serving, split_hostport
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 DEFAULT_STATE_DIR = "/var/lib/ipsecd-controller"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ipsecd-controller", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="ipsecd-controller",
+        description=__doc__.splitlines()[0],
+        epilog="the cluster CA: ipsecd-controller init|issue|revoke|crl|certs --state-dir "
+        'DIR ... (each with --help; docs/operations.md "Controller")',
+    )
     p.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC address (host:port)")
     p.add_argument(
         "--advertise", help="address others use to reach this replica (default --listen)"
     )
     p.add_argument("--etcd", help="external etcd cluster URL[,URL...] (default: private etcd)")
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="state (private etcd data)")
+    p.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="state: the cluster CA and serving certificate (ipsecd-controller init), the "
+        "private etcd's data",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext gRPC with no authentication (a trusted network only; "
+        "warns on every start)",
+    )
     p.add_argument("--replica-id", help="unique name of this replica (default: HOST-PORT)")
     p.add_argument("--key-root", default="/ipsecd/", help="etcd key prefix")
     p.add_argument("--lease-ttl", type=int, default=10, help="replica lease TTL, seconds")
@@ -95,10 +124,69 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--etcd-timeout and --etcd-retry-budget must be positive numbers of seconds")
 
 
+@dataclass(frozen=True, slots=True)
+class Security:
+    """How this replica serves: mTLS (credentials) or plaintext (None)."""
+
+    authorizer: Authorizer
+    credentials: grpc.ServerCredentials | None = None
+    peer_credentials: grpc.ChannelCredentials | None = None
+    #: host names and addresses the serving certificate names
+    names: tuple[str, ...] = ()
+
+
+def mtls_security(state_dir: Path) -> Security:
+    """mTLS with the state directory's CA and serving certificate: client certificates
+    required and authorized by role.  :class:`CaError` when the directory has no usable
+    CA (the message says to run ``ipsecd-controller init``)."""
+    material = load_serving(state_dir)
+    return Security(
+        CertificateAuthorizer(material.ca_certs, material.crl_path),
+        grpc.ssl_server_credentials(
+            [(material.server_key_pem, material.server_chain_pem)],
+            root_certificates=material.ca_pem,
+            require_client_auth=True,
+        ),
+        # replica -> replica status forwarding, with the serving certificate (role
+        # controller, clientAuth)
+        grpc.ssl_channel_credentials(
+            material.ca_pem, material.server_key_pem, material.server_chain_pem
+        ),
+        material.names(),
+    )
+
+
+def security(args: argparse.Namespace) -> Security:
+    """mTLS from the state directory, or plaintext with ``--insecure`` (a warning on
+    every start)."""
+    if args.insecure:
+        logging.warning(
+            "--insecure: plaintext gRPC on %s, nobody is authenticated: anyone who can "
+            "reach it may push a policy and read its keys; run `ipsecd-controller init` "
+            "and drop --insecure to serve mTLS",
+            args.listen,
+        )
+        return Security(InsecureAuthorizer())
+    sec = mtls_security(Path(args.state_dir))
+    for address in filter(None, [args.listen, args.advertise]):
+        host = split_hostport(address)[0]
+        if host not in ("", "0.0.0.0", "::") and host not in sec.names:
+            logging.warning(
+                "%s: the serving certificate names %s, not %s: clients dialing %s will "
+                "refuse it; give init --advertise/--san that name (docs/security.md)",
+                address,
+                ", ".join(sec.names) or "nothing",
+                host,
+                host,
+            )
+    return sec
+
+
 async def serve(args: argparse.Namespace) -> int:
     etcd: EtcdProcess | None = None
     store: EtcdStore | None = None
     controller: Controller | None = None
+    sec = security(args)  # before etcd starts: a state dir without a CA fails at once
     try:
         if args.etcd:
             url = args.etcd
@@ -121,10 +209,16 @@ async def serve(args: argparse.Namespace) -> int:
             max_policy_bytes=args.max_policy_bytes,
             drain_timeout=args.stream_drain_timeout,
         )
-        controller = Controller(store, config)
-        port = await controller.start(args.listen)
-        logging.info("controller %s serving on port %d", config.replica_id, port)
-        print(f"ipsecd-controller: listening on {args.listen.rsplit(':', 1)[0]}:{port}", flush=True)
+        controller = Controller(
+            store, config, authorizer=sec.authorizer, peer_credentials=sec.peer_credentials
+        )
+        port = await controller.start(args.listen, credentials=sec.credentials)
+        mode = "mTLS" if sec.credentials is not None else "plaintext, --insecure"
+        logging.info("controller %s serving on port %d (%s)", config.replica_id, port, mode)
+        print(
+            f"ipsecd-controller: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode})",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,6 +235,9 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in pkicmd.COMMANDS:
+        return pkicmd.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -150,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return asyncio.run(serve(args))
-    except (EtcdNotFound, EtcdStartError, StoreUnavailable, OSError) as exc:
+    except (EtcdNotFound, EtcdStartError, StoreUnavailable, CaError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

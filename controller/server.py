@@ -12,9 +12,13 @@
 * a replica lease (liveness of this replica's ``conn/`` and ``replicas/`` keys) and
   leader election on it: the leader does the single-owner work (etcd compaction).
 
-Credentials are pluggable: :meth:`Controller.start` takes ``grpc.ServerCredentials``
-(plaintext when None — acceptable on loopback until the mTLS issue lands), and the
-:class:`Authorizer` decides who may see secrets.
+Credentials: :meth:`Controller.start` takes ``grpc.ServerCredentials`` (mTLS, from the
+state directory: controller/statedir.py) or None (plaintext, ``--insecure``).  Every
+RPC goes through :class:`controller.authz.AuthzInterceptor` first: the
+:class:`~controller.authz.Authorizer` (certificate roles with mTLS,
+:class:`~controller.authz.InsecureAuthorizer` in plaintext) decides who may call what,
+see secrets, and stream as which node; the handlers ask it through
+:func:`~controller.authz.current_principal`.
 
 Bounds on what comes in (docs/limits.md, "Controller"; the numbers are in
 :mod:`controller.limits`): gRPC message sizes, the policy size, agent message sizes,
@@ -31,11 +35,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
+from controller.authz import (
+    Authorizer,
+    AuthzInterceptor,
+    Denied,
+    InsecureAuthorizer,
+    LoopbackAuthorizer,
+    Principal,
+    current_principal,
+)
 from controller.errors import (
     ConflictError,
     ControllerError,
@@ -75,7 +88,14 @@ from ipsecd.v1 import (
     types_pb2,
 )
 
-__all__ = ["STATUS_OF", "Authorizer", "Controller", "ControllerConfig", "LoopbackAuthorizer"]
+__all__ = [
+    "STATUS_OF",
+    "Authorizer",
+    "Controller",
+    "ControllerConfig",
+    "InsecureAuthorizer",
+    "LoopbackAuthorizer",
+]
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,23 +129,6 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-class Authorizer(Protocol):
-    """Who may do what.  The mTLS issue replaces the default with certificate roles."""
-
-    def may_show_secrets(self, context: grpc.aio.ServicerContext) -> bool: ...
-
-
-class LoopbackAuthorizer:
-    """Interim rule while the API is plaintext: secrets only for callers on this host.
-
-    Later (mTLS): a client certificate issued by the cluster CA with the admin role.
-    """
-
-    def may_show_secrets(self, context: grpc.aio.ServicerContext) -> bool:
-        peer = context.peer() or ""
-        return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
-
-
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
     replica_id: str
@@ -145,6 +148,8 @@ class ControllerConfig:
     # one write to an agent stream pending longer than this: the stream is dropped
     # (0: never); checked once per ping_interval
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    # how often the CRL is looked at for streams of newly revoked certificates (mTLS)
+    revocation_interval: float = 2.0
 
 
 class _Oversize:
@@ -213,6 +218,11 @@ async def _guard(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
         raise AssertionError("unreachable") from exc
 
 
+def _principal() -> Principal:
+    """The caller (set by the authorization interceptor; anonymous if it did not run)."""
+    return current_principal() or Principal(False)
+
+
 def _push_response(outcome: PushOutcome) -> policy_pb2.PushResponse:
     resp = policy_pb2.PushResponse(accepted=outcome.accepted, unchanged=outcome.unchanged)
     if outcome.revision is not None:
@@ -232,7 +242,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 request.text,
                 filename=request.filename,
                 comment=request.comment,
-                author=request.author,
+                author=_principal().author(request.author),
                 base=request.base_revision if request.HasField("base_revision") else None,
                 file_mode=request.file_mode if request.HasField("file_mode") else None,
             ),
@@ -252,19 +262,18 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             self.c.repo.rollback(
                 request.revision,
                 comment=request.comment,
-                author=request.author,
+                author=_principal().author(request.author),
                 base=request.base_revision if request.HasField("base_revision") else None,
             ),
         )
         return _push_response(outcome)
 
     async def _check_secrets(self, show: bool, context: Any) -> None:
-        if show and not self.c.authorizer.may_show_secrets(context):
-            raise PermissionDenied(
-                "showing secrets is only allowed from this host until mTLS is enabled "
-                "(later: a client certificate with the admin role); retry without "
-                "--show-secrets"
-            )
+        if not show:
+            return
+        refusal = self.c.authorizer.secrets_refusal(_principal())
+        if refusal is not None:
+            raise PermissionDenied(refusal)
 
     async def Get(self, request: Any, context: Any) -> policy_pb2.GetResponse:
         async def work() -> policy_pb2.GetResponse:
@@ -359,7 +368,7 @@ class Controller:
             touch_interval=config.touch_interval,
             view=self.view,
         )
-        self.authorizer: Authorizer = authorizer or LoopbackAuthorizer()
+        self.authorizer: Authorizer = authorizer or InsecureAuthorizer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.lease = 0
@@ -377,7 +386,17 @@ class Controller:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self, listen: str, *, credentials: grpc.ServerCredentials | None = None) -> int:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        """Serve on ``listen``: mTLS with ``credentials`` (then the authorizer must
+        authenticate certificates), plaintext without."""
+        if (credentials is not None) != self.authorizer.secure:
+            raise ValueError(
+                "server credentials and authorizer disagree: mTLS needs a certificate "
+                "authorizer (controller.authz.CertificateAuthorizer), plaintext the "
+                "insecure one"
+            )
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=[AuthzInterceptor(self.authorizer)]
+        )
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self), server)
         status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(self), server)
         server.add_generic_rpc_handlers(
@@ -409,6 +428,7 @@ class Controller:
             self._ping_loop(),
             self._flush_loop(),
             self._directory_loop(),
+            self._revocation_loop(),
         ):
             self._tasks.append(asyncio.create_task(coro))
         return self.port
@@ -610,6 +630,27 @@ class Controller:
                     stream.offer_control(self._ping_bytes)
             tick = (tick + 1) % ticks
 
+    async def _revocation_loop(self) -> None:
+        """mTLS: drop the streams of certificates revoked since they connected (their
+        agents reconnect and are refused)."""
+        if not self.authorizer.secure:
+            return
+        seen: frozenset[int] = frozenset()
+        while not self._stopping:
+            await asyncio.sleep(self.config.revocation_interval)
+            revoked = self.authorizer.revoked()
+            if revoked == seen:
+                continue
+            seen = revoked
+            for stream in list(self.hub.streams.values()):
+                if stream.serial is not None and stream.serial in revoked:
+                    _log.warning(
+                        "node %s: its certificate (serial %#x) was revoked; closing its stream",
+                        stream.node,
+                        stream.serial,
+                    )
+                    stream.close(kill=True, reason="the node's certificate was revoked")
+
     # -- agent streams ----------------------------------------------------------------
     async def _connect(self, request_iterator: Any, context: Any) -> None:
         try:
@@ -640,7 +681,16 @@ class Controller:
                 f"limit of {MAX_NODE_NAME_BYTES} (a DNS name); use a shorter --node name",
             )
             return
+        principal = _principal()
+        try:
+            self.authorizer.check_node(principal, hello.node)
+        except Denied as exc:  # before anything is registered: nothing changes
+            _log.warning("agent stream from %s: %s", context.peer(), exc.message)
+            context.set_trailing_metadata((("ipsecd-error", "permission-denied"),))
+            await context.abort(exc.code, exc.message)
+            return
         stream, initial = await self._admit(hello)
+        stream.serial = principal.serial
         stream.task = asyncio.current_task()
         try:
             # one writer task per stream, only while something is pending: the opening
@@ -660,6 +710,10 @@ class Controller:
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE, stream.reason or "the controller closed the stream"
                 )
+            elif stream.reason:
+                if self.hub.remove(stream):
+                    self.registry.disconnected(stream.node)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, stream.reason)
         finally:
             stream.detach()
             if self.hub.remove(stream):

@@ -7,8 +7,10 @@ Steps (each says what it shows and what it does not; a failing step is reported 
 the demo goes on, exiting non-zero at the end):
 
   spd         the SPD language: validate, file:line:col errors, 0600 rule, compile
-  controller  ipsecd-controller with its private etcd: push, rejected push, history,
-              diff, rollback, and a simulated agent receiving the revisions
+  controller  ipsecd-controller init/issue (cluster CA, mTLS credentials), the
+              controller with its private etcd serving mTLS only: push, a viewer
+              refused, rejected push, history, diff, rollback, and a simulated agent
+              receiving the revisions with its node certificate
   cluster     the main job (scripts/demo_cluster.py): three nodes, the controller,
               three agents, ipsecctl push, the IKEv2 mesh, status, ESP on the wire,
               a change in place, kill -9 of an agent; in the kernel lab VM when this
@@ -226,9 +228,10 @@ def _free_port() -> int:
 class SimulatedAgent:
     """agent/stream.py's AgentStream in a background thread, acknowledging revisions."""
 
-    def __init__(self, address: str, node: str) -> None:
+    def __init__(self, address: str, node: str, credentials: Any = None) -> None:
         self.address = address
         self.node = node
+        self.credentials = credentials  # mTLS with the node certificate
         self.revisions: list[int] = []
         self.lines: list[str] = []
         self.error: BaseException | None = None
@@ -265,7 +268,9 @@ class SimulatedAgent:
                 self.lines.append(type(ev).__name__)
 
         ident = AgentIdentity(self.node, ("192.0.2.1", "fd00::a"), {"role": "web"})
-        self._stream = AgentStream([self.address], ident, on_event=on_event)
+        self._stream = AgentStream(
+            [self.address], ident, on_event=on_event, credentials=self.credentials
+        )
         await self._stream.run()
 
     def start(self) -> None:
@@ -300,6 +305,7 @@ def controller_process(tmp: Path, address: str) -> Iterator[subprocess.Popen[byt
     log = (tmp / "controller.log").open("wb")
     proc = subprocess.Popen(
         [tool("ipsecd-controller"), "--listen", address, "--state-dir", str(tmp / "ctl")],
+        # (serves mTLS with the CA and certificate of `ipsecd-controller init`)
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=CHECKOUT,
@@ -320,19 +326,35 @@ def controller_process(tmp: Path, address: str) -> Iterator[subprocess.Popen[byt
 
 def step_controller(tmp: Path) -> None:
     heading(
-        "2. Controller: SPD revisions in etcd, push / reject / history / diff / rollback",
-        "ipsecd-controller with its private etcd on 127.0.0.1 (temp dir), ipsecctl over "
-        "gRPC, compare-and-swap revisions, and a simulated agent (agent/stream.py, the "
-        "class the real agent uses) receiving and acknowledging each revision",
-        "no real agent applies the revisions to a kernel here (step 3 does that part "
-        "directly); plaintext gRPC on loopback (mTLS is a later issue); one replica",
+        "2. Controller: a cluster CA, mTLS, SPD revisions in etcd, push / reject / "
+        "history / diff / rollback",
+        "ipsecd-controller init (cluster CA, serving certificate, admin.conf) and issue "
+        "(a node and a viewer credential), the controller with its private etcd on "
+        "127.0.0.1 (temp dir) serving mTLS only, ipsecctl with admin.conf, a viewer "
+        "refused a push, compare-and-swap revisions whose author is the certificate, "
+        "and a simulated agent (agent/stream.py, the class the real agent uses) "
+        "streaming with its node certificate and acknowledging each revision",
+        "no real agent applies the revisions to a kernel here (step 3 does that part); "
+        "one replica; secrets are not yet encrypted at rest in etcd",
     )
     ctl = tool("ipsecctl")
+    daemon = tool("ipsecd-controller")
     address = f"127.0.0.1:{_free_port()}"
-    env = {"IPSECCTL_CONTROLLER": address}
+    state = tmp / "ctl"
+    say("the cluster CA, the serving certificate and the first admin's credentials")
+    run([daemon, "init", "--state-dir", str(state), "--listen", address])
+    say("a node's certificate (also its IKE certificate) and a read-only viewer's config")
+    run([daemon, "issue", "--state-dir", str(state), "--role", "node", "--name", "node-a",
+         "--address", "192.0.2.1", "--address", "fd00::a",
+         "--out", str(tmp / "node-a")])  # fmt: skip
+    viewer = tmp / "auditor.conf"
+    run([daemon, "issue", "--state-dir", str(state), "--role", "viewer", "--name", "auditor",
+         "--out", str(viewer)])  # fmt: skip
+    env = {"IPSECCTL_CONFIG": str(state / "admin.conf")}
+    say(f"ipsecctl finds its credentials through $IPSECCTL_CONFIG={rel(state / 'admin.conf')}")
     with contextlib.ExitStack() as stack:
         proc = stack.enter_context(controller_process(tmp, address))
-        say(f"ipsecd-controller --listen {address} --state-dir {rel(tmp / 'ctl')}")
+        say(f"ipsecd-controller --listen {address} --state-dir {rel(state)}")
         deadline = time.monotonic() + 30
         while True:
             probe = subprocess.run(
@@ -351,12 +373,25 @@ def step_controller(tmp: Path) -> None:
                     f"controller did not come up: {probe.stderr.strip()}\n{indent(log, 20)}"
                 )
             time.sleep(0.3)
-        ok(f"controller up (pid {proc.pid}, etcd under {rel(tmp / 'ctl')})")
+        ok(f"controller up (pid {proc.pid}, mTLS, etcd under {rel(state)})")
+
+        say("plaintext is refused: this controller serves mTLS only")
+        run([ctl, "--insecure", "--controller", address, "history"], expect=5)
+        say("the viewer may read but not push (authorization by the certificate's role)")
+        run([ctl, "--config", str(viewer), "push", rel(EXAMPLES / "cluster.spd")], expect=7)
 
         say("push the cluster policy (revision 1)")
         run([ctl, "push", rel(EXAMPLES / "cluster.spd"), "-m", "initial policy"], env=env)
 
-        agent = SimulatedAgent(address, "node-a")
+        import grpc
+
+        node = tmp / "node-a"
+        creds = grpc.ssl_channel_credentials(
+            (node / "ca.pem").read_bytes(),
+            (node / "node-a.key").read_bytes(),
+            (node / "node-a.pem").read_bytes(),
+        )
+        agent = SimulatedAgent(address, "node-a", creds)
         stack.callback(agent.stop)
         agent.start()
         agent.wait_for(1)
@@ -389,7 +424,10 @@ def step_controller(tmp: Path) -> None:
         run([ctl, "rollback", "-m", "undo ssh"], env=env)
         agent.wait_for(3)
         agent.flush()
-        run([ctl, "history"], env=env)
+        hist = run([ctl, "history"], env=env)
+        if "admin/admin" not in hist.stdout:
+            raise StepFailed("the revisions' author is not the admin certificate's identity")
+        ok("every revision's author is the identity of the certificate that pushed it")
         time.sleep(0.5)  # let the node record catch the last ack (batched writes)
         run([ctl, "nodes"], env=env)
         ok(f"the simulated agent received revisions {agent.revisions} in order")
@@ -427,13 +465,13 @@ except TimeoutError:
 def step_cluster(tmp: Path) -> None:
     heading(
         "3. The main job: one SPD pushed to a 3-node cluster that encrypts",
-        "three nodes in namespaces, etcd + ipsecd-controller, an ipsecd agent per node "
-        "(cluster mode), ipsecctl push, the IKEv2 mesh forming, ipsecctl status per node, "
+        "three nodes in namespaces, etcd + ipsecd-controller with its cluster CA (mTLS), "
+        "an ipsecd agent per node (cluster mode, its node certificate for the controller "
+        "and for IKE), ipsecctl push, the IKEv2 mesh forming, ipsecctl status per node, "
         "an encrypted ping on the wire, a policy change applied in place, kill -9 of an "
         "agent with no clear text leaking",
-        "mTLS and a CA in the controller (plaintext gRPC on loopback; the cluster CA is "
-        "made with strongSwan's pki tool); one "
-        "controller replica",
+        "join tokens (the node certificates are minted with ipsecd-controller issue); "
+        "secrets encrypted at rest; one controller replica",
     )
     scene = [sys.executable, "scripts/demo_cluster.py"]
     if _kernel_has_esp():

@@ -5,13 +5,15 @@
                                       inside the kernel lab VM when the host has none)
 
 The scene, all real: three network namespaces on a bridge (nodes a, b, c), etcd and
-``ipsecd-controller``, an ``ipsecd`` agent per node in cluster mode (a and b in this
-process, c as its own process so that it can be killed), ``ipsecctl push``, the mesh
-of IKEv2 SAs forming, ``ipsecctl status`` per node, an encrypted ping on the wire
-(tcpdump), a policy change applied in place (only the changed connection is
-renegotiated, a running ping loses nothing), and ``kill -9`` of agent c: its kernel
-keeps enforcing, nothing leaves it in clear text.  Exit 0 when every step showed what
-it should.
+``ipsecd-controller`` with its cluster CA (``ipsecd-controller init``; mTLS only), a
+node certificate per node (``ipsecd-controller issue``), an ``ipsecd`` agent per node
+in cluster mode using it for the controller stream and for IKE (a and b in this
+process, c as its own process so that it can be killed), ``ipsecctl push`` with
+``admin.conf``, the mesh of IKEv2 SAs forming, ``ipsecctl status`` per node, an
+encrypted ping on the wire (tcpdump), a policy change applied in place (only the
+changed connection is renegotiated, a running ping loses nothing), and ``kill -9`` of
+agent c: its kernel keeps enforcing, nothing leaves it in clear text.  Exit 0 when
+every step showed what it should.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from agent.daemon import AgentOptions, Daemon  # noqa: E402
 from controller import cli  # noqa: E402
 from controller.embedded_etcd import EtcdProcess, free_port  # noqa: E402
 from controller.etcd_store import EtcdStore  # noqa: E402
+from controller.main import mtls_security  # noqa: E402
 from controller.server import Controller, ControllerConfig  # noqa: E402
 
 PREFIX = "idm-"
@@ -80,37 +83,31 @@ connection bc {{ between nb and nc; mode transport; }}
 """
 
 
-def pki(work: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    """strongSwan's pki tool (Debian strongswan-pki), as an operator would run it."""
-    print(_c("33", f"   $ pki {' '.join(args)}"), flush=True)
+def controller_cmd(*args: str) -> str:
+    """``ipsecd-controller ARGS`` (the CA commands), as an operator would run it."""
+    print(_c("33", f"   $ ipsecd-controller {' '.join(args)}"), flush=True)
     done = subprocess.run(
-        ["pki", *args], input=stdin, capture_output=True, cwd=work, timeout=60, check=False
+        [sys.executable, "-m", "controller.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=CHECKOUT,
+        timeout=120,
+        check=False,
     )
+    show(done.stdout + done.stderr)
     if done.returncode != 0:
-        raise SceneFailed(f"pki {' '.join(args)}: {done.stderr.decode(errors='replace')}")
+        raise SceneFailed(f"ipsecd-controller {' '.join(args)} exited {done.returncode}")
     return done.stdout
 
 
-def cluster_pki(work: Path) -> Path:
-    """A cluster CA and one certificate per node naming the node's address (its IKE
-    identity with 'id address'); keys 0600.  Until the controller has a CA of its own
-    (issue #12) operators make these with their own tools."""
+def cluster_pki(work: Path, state: Path) -> Path:
+    """One certificate per node from the controller's cluster CA, naming the node's
+    name and address (its IKE identity with 'id name' / 'id address', and its identity
+    for the controller stream); keys 0600."""
     d = work / "pki"
-    d.mkdir(mode=0o700)
-    ca_key = pki(d, "--gen", "--type", "ecdsa", "--size", "384", "--outform", "pem")
-    (d / "ca.key").write_bytes(ca_key)
-    os.chmod(d / "ca.key", 0o600)
-    ca = pki(d, "--self", "--ca", "--lifetime", "30", "--in", "ca.key",
-             "--dn", "CN=ipsecd demo cluster CA", "--outform", "pem")  # fmt: skip
-    (d / "ca.pem").write_bytes(ca)
     for n, addr in NODES.items():
-        key = pki(d, "--gen", "--type", "ecdsa", "--size", "256", "--outform", "pem")
-        (d / f"{n}.key").write_bytes(key)
-        os.chmod(d / f"{n}.key", 0o600)
-        pub = pki(d, "--pub", "--in", f"{n}.key")
-        cert = pki(d, "--issue", "--cacert", "ca.pem", "--cakey", "ca.key", "--lifetime", "7",
-                   "--dn", f"CN={n}", "--san", addr, "--outform", "pem", stdin=pub)  # fmt: skip
-        (d / f"{n}.pem").write_bytes(cert)
+        controller_cmd("issue", "--state-dir", str(state), "--role", "node", "--name", n,
+                       "--address", addr, "--out", str(d))  # fmt: skip
     return d
 
 
@@ -288,24 +285,36 @@ async def scene(work: Path) -> None:
         etcd.start()
         port = free_port()
         target = f"127.0.0.1:{port}"
+        state = work / "ctl"
+        await asyncio.to_thread(
+            controller_cmd, "init", "--state-dir", str(state), "--listen", target
+        )
+        sec = mtls_security(state)
         store = await EtcdStore.connect(etcd.url)
         ctl = Controller(
-            store, ControllerConfig(replica_id="demo", advertise=target, key_root="/demo/")
+            store,
+            ControllerConfig(replica_id="demo", advertise=target, key_root="/demo/"),
+            authorizer=sec.authorizer,
+            peer_credentials=sec.peer_credentials,
         )
-        await ctl.start(target)
-        say(f"controller on {target}, etcd at {etcd.url}")
+        await ctl.start(target, credentials=sec.credentials)
+        say(f"controller on {target} (mTLS only, CA in {state}), etcd at {etcd.url}")
         try:
-            await _with_controller(work, ns, target, ctl)
+            await _with_controller(work, ns, target, ctl, state)
         finally:
             await ctl.stop(grace=0.2)
             await store.close()
             etcd.stop(kill=True)
 
 
-async def _with_controller(work: Path, ns: dict[str, str], target: str, ctl: Controller) -> None:
-    title("3. A cluster CA and node certificates (strongSwan's pki tool)")
-    certs = await asyncio.to_thread(cluster_pki, work)
-    say(f"CA and node certificates in {certs} (keys mode 0600)")
+async def _with_controller(
+    work: Path, ns: dict[str, str], target: str, ctl: Controller, state: Path
+) -> None:
+    title("3. Node certificates from the cluster CA (for the controller stream and IKE)")
+    certs = await asyncio.to_thread(cluster_pki, work, state)
+    say(f"node certificates in {certs} (keys mode 0600)")
+    os.environ["IPSECCTL_CONFIG"] = str(state / "admin.conf")
+    say(f"ipsecctl's credentials: IPSECCTL_CONFIG={state / 'admin.conf'}")
     title("4. ipsecd agents in cluster mode (a and b here, c as its own process)")
     opts = []
     for n in ("a", "b"):
@@ -315,7 +324,6 @@ async def _with_controller(work: Path, ns: dict[str, str], target: str, ctl: Con
                 node=n,
                 netns=ns[n],
                 controllers=(target,),
-                insecure=True,
                 addresses=(NODES[n],),
                 state_dir=state,
                 socket_path=state / "ipsecd.sock",
@@ -331,7 +339,6 @@ async def _with_controller(work: Path, ns: dict[str, str], target: str, ctl: Con
         "agent.main",
         "--controller",
         target,
-        "--insecure",
         "--node",
         "c",
         "--netns",
@@ -350,8 +357,8 @@ async def _with_controller(work: Path, ns: dict[str, str], target: str, ctl: Con
         str(certs / "ca.pem"),
     ]
     say(
-        f"$ ipsecd --controller {target} --node c --insecure --cert c.pem --key c.key "
-        "--ca ca.pem   (and a, b alike)"
+        f"$ ipsecd --controller {target} --node c --cert c.pem --key c.key "
+        "--ca ca.pem   (and a, b alike: mTLS to the controller, the same files for IKE)"
     )
     c_log = (work / "agent-c.log").open("wb")
     agent_c = subprocess.Popen(c_argv, cwd=CHECKOUT, stdout=c_log, stderr=subprocess.STDOUT)
@@ -384,14 +391,14 @@ async def _scene_body(
         240,
         "three agents registered",
     )
-    await run_ipsecctl("--controller", target, "nodes")
+    await run_ipsecctl("nodes")
     title("5. ipsecctl push: one SPD for the cluster")
     spd = work / "mesh.spd"
     spd.write_text(policy())
     os.chmod(spd, 0o600)
     show(spd.read_text())
     t0 = time.monotonic()
-    await run_ipsecctl("--controller", target, "push", str(spd))
+    await run_ipsecctl("push", str(spd))
     title("6. The mesh forms: IKEv2 SAs between every pair")
     say("waiting for every IKE and CHILD SA (IKE_SA_INIT, IKE_AUTH, kernel install)...")
 
@@ -424,7 +431,7 @@ async def _scene_body(
     ):
         raise SceneFailed("a peer was not authenticated with its certificate")
     for n in NODES:
-        await run_ipsecctl("--controller", target, "status", n)
+        await run_ipsecctl("status", n)
     title("7. An encrypted ping, as seen on the wire (tcpdump of what a sends)")
     cap = Capture(ns["a"], work / "a.pcap")
     sent, got, _ = await ping(ns["a"], NODES["b"], 3, 0.3)
@@ -442,7 +449,7 @@ async def _scene_body(
     }
     flow = asyncio.create_task(ping(ns["a"], NODES["c"], 200, 0.02))
     spd.write_text(policy("30m"))
-    await run_ipsecctl("--controller", target, "push", str(spd))
+    await run_ipsecctl("push", str(spd))
     await wait_for(lambda: connections_up(daemons, 2), 240, "revision 2 on a and b")
     sent, got, _ = await flow
     after = {
@@ -476,14 +483,14 @@ async def _scene_body(
             "✓ no clear text: the policies, the default block and the SAs stayed in the kernel",
         )
     )
-    await run_ipsecctl("--controller", target, "status", "c")
+    await run_ipsecctl("status", "c")
 
 
 def main() -> int:
     if os.geteuid() != 0:
         print("error: needs root (network namespaces, XFRM)", file=sys.stderr)
         return 2
-    for tool_name in ("tcpdump", "ping", "etcd", "pki"):
+    for tool_name in ("tcpdump", "ping", "etcd"):
         if shutil.which(tool_name) is None:
             print(f"error: {tool_name} not found (make deps installs it)", file=sys.stderr)
             return 2

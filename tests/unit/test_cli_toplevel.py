@@ -1,4 +1,5 @@
-"""`ipsecctl --controller X COMMAND` and `ipsecctl COMMAND --controller X` both work."""
+"""`ipsecctl --controller X --insecure COMMAND` and `ipsecctl COMMAND --controller X
+--insecure` both work (the config options: tests/unit/controller/test_clientconf.py)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ def test_either_position_reaches_the_given_address(
     monkeypatch.delenv("IPSECCTL_CONTROLLER", raising=False)
     address = f"127.0.0.1:{_closed_port()}"
     argv = (
-        ["--controller", address, "history"]
+        ["--controller", address, "--insecure", "history"]
         if position == "before"
-        else ["history", "--controller", address]
+        else ["history", "--controller", address, "--insecure"]
     )
     assert main(argv) == 5  # unreachable
     err = capsys.readouterr().err
     assert f"cannot reach the controller at {address}" in err
+    assert err.startswith(f"warning: --insecure: plaintext gRPC to {address}")
     assert "Traceback" not in err

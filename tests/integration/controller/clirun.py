@@ -1,4 +1,6 @@
-"""Run ipsecctl's remote subcommands as a real process."""
+"""Run ipsecctl's remote subcommands as a real process: plaintext (``--insecure``, the
+default here: most controllers of the tests serve plaintext) or with an ipsecctl config
+(``config=``, mTLS)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import asyncio
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -15,19 +18,39 @@ class Result:
     err: str
 
 
-async def ipsecctl(*args: str, controller: str | None = None, timeout: float = 30) -> Result:
-    env = dict(os.environ)
-    env.pop("IPSECCTL_CONTROLLER", None)
+WARNING = "warning: --insecure: plaintext gRPC to "
+
+
+async def ipsecctl(
+    *args: str,
+    controller: str | None = None,
+    timeout: float = 30,
+    config: Path | None = None,
+    insecure: bool | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """``ipsecctl ARGS``; ``insecure`` (default: when no ``config`` is given) adds
+    ``--insecure`` and takes its warning off ``err`` after checking it is there."""
+    environ = dict(os.environ)
+    environ.pop("IPSECCTL_CONTROLLER", None)
+    environ.pop("IPSECCTL_CONFIG", None)
+    environ.update(env or {})
     if controller is not None:
-        env["IPSECCTL_CONTROLLER"] = controller
+        environ["IPSECCTL_CONTROLLER"] = controller
+    if insecure is None:
+        insecure = config is None
+    extra = ["--insecure"] if insecure else []
+    if config is not None:
+        extra += ["--config", str(config)]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "controller.cli",
+        *extra,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=env,
+        env=environ,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -36,4 +59,9 @@ async def ipsecctl(*args: str, controller: str | None = None, timeout: float = 3
         await proc.wait()
         raise
     assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+    text = err.decode()
+    if insecure and "--local" not in args:
+        first, _, rest = text.partition("\n")
+        assert first.startswith(WARNING), text  # on every run
+        text = rest
+    return Result(proc.returncode, out.decode(), text)

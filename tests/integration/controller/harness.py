@@ -18,6 +18,7 @@ from agent.stream import (
 )
 from controller.embedded_etcd import free_port
 from controller.etcd_store import EtcdStore
+from controller.main import Security
 from controller.server import Controller, ControllerConfig
 from ipsecd.v1 import types_pb2
 
@@ -36,18 +37,29 @@ async def start_controller(
     key_root: str,
     *,
     store_options: dict[str, float] | None = None,
+    security: Security | None = None,
     **cfg: Any,
 ) -> Controller:
     """A controller on real etcd; ``store_options`` go to :meth:`EtcdStore.connect`
-    (``timeout``, ``retry_budget``), ``cfg`` to :class:`ControllerConfig`."""
+    (``timeout``, ``retry_budget``), ``cfg`` to :class:`ControllerConfig`; ``security``:
+    mTLS (:func:`controller.main.mtls_security`), else plaintext."""
     store = await EtcdStore.connect(url, **(store_options or {}))
     port = free_port()
     options = {**FAST, **cfg}
     config = ControllerConfig(
         replica_id=replica_id, advertise=f"127.0.0.1:{port}", key_root=key_root, **options
     )
-    controller = Controller(store, config)
-    await controller.start(f"127.0.0.1:{port}")
+    if security is None:
+        controller = Controller(store, config)
+        await controller.start(f"127.0.0.1:{port}")
+    else:
+        controller = Controller(
+            store,
+            config,
+            authorizer=security.authorizer,
+            peer_credentials=security.peer_credentials,
+        )
+        await controller.start(f"127.0.0.1:{port}", credentials=security.credentials)
     await asyncio.wait_for(controller.watch_synced.wait(), 10)
     return controller
 

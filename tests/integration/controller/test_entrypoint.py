@@ -1,5 +1,6 @@
 """``ipsecd-controller`` as a real process: private etcd by default, state kept across
-restarts, etcd killed with the controller (even on SIGKILL), external --etcd."""
+restarts, etcd killed with the controller (even on SIGKILL), external --etcd (all
+plaintext, ``--insecure``; mTLS: test_mtls_entrypoint.py)."""
 
 from __future__ import annotations
 
@@ -31,19 +32,26 @@ def _etcd_pids(state_dir: Path) -> list[int]:
     return pids
 
 
-async def _start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
+async def _start(*args: str, insecure: bool = True) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    extra = ["--insecure"] if insecure else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.main", "--listen", f"127.0.0.1:{port}", *args],
+        [sys.executable, "-m", "controller.main", "--listen", f"127.0.0.1:{port}", *extra, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     assert proc.stdout is not None
+    lines: list[bytes] = []
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        while not lines or b"listening on" not in lines[-1]:
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+            assert line, b"".join(lines)
+            lines.append(line)
     finally:
         proc.stdout.close()
-    assert b"listening on" in line, line
+    assert (b"mTLS" in lines[-1]) != insecure, lines
+    # --insecure warns on every start
+    assert any(b"WARNING" in ln and b"--insecure" in ln for ln in lines) == insecure, lines
     return proc, f"127.0.0.1:{port}"
 
 
@@ -92,8 +100,10 @@ async def test_external_etcd_and_bad_etcd_is_a_one_line_error(
         _kill(proc)
     dead = subprocess.run(
         [sys.executable, "-m", "controller.main", "--etcd", f"127.0.0.1:{free_port()}",
-         "--listen", f"127.0.0.1:{free_port()}"],
+         "--listen", f"127.0.0.1:{free_port()}", "--insecure"],
         capture_output=True, text=True, timeout=60, env={**os.environ},
     )  # fmt: skip
     assert dead.returncode == 1
-    assert dead.stderr.startswith("error: etcd at 127.0.0.1:") and "Traceback" not in dead.stderr
+    warning, error = dead.stderr.splitlines()
+    assert "WARNING" in warning and "--insecure: plaintext gRPC" in warning  # every start
+    assert error.startswith("error: etcd at 127.0.0.1:") and "Traceback" not in dead.stderr
