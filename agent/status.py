@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,17 @@ class StatusServer:
         os.chmod(self.path.parent, 0o700)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        old = os.umask(0o177)
+        # bound here and made 0600 before it listens; no umask change (the umask is
+        # the whole process's, other threads create files meanwhile), the 0700
+        # folder keeps everyone else out in between
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+            sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def close(self) -> None:
         if self._server is not None:

@@ -220,3 +220,33 @@ def test_ike_fragment_size_reaches_every_engine_config() -> None:
         args = build_parser().parse_args(["-f", "/tmp/x.spd", "--ike-fragment-size", bad])
         with pytest.raises(ValueError, match=r"576\.\.65535.*0 to turn"):
             options_from(args)
+
+
+def test_status_servers_started_together_leave_the_umask_alone(tmp_path: Path) -> None:
+    """Two agents in one process (the tests run several) start their status sockets
+    concurrently: the socket is 0600 in a 0700 folder, and the process umask is never
+    touched (it once was, across an await: two starts left it at 0177 for good, and
+    every folder made afterwards lacked its execute bits)."""
+    import asyncio
+    import stat
+
+    from agent.status import StatusServer
+
+    async def answer(_line: str) -> dict[str, object]:
+        return {}
+
+    async def main() -> int:
+        servers = [StatusServer(tmp_path / f"s{i}" / "ipsecd.sock", answer) for i in range(4)]
+        await asyncio.gather(*(s.start() for s in servers))
+        umask = os.umask(0o022)
+        for s in servers:
+            assert stat.S_IMODE(s.path.stat().st_mode) == 0o600
+            assert stat.S_IMODE(s.path.parent.stat().st_mode) == 0o700
+        await asyncio.gather(*(s.close() for s in servers))
+        return umask
+
+    before = os.umask(0o022)
+    try:
+        assert asyncio.run(main()) == 0o022
+    finally:
+        os.umask(before)
