@@ -670,7 +670,10 @@ class IkeConfig:
     credentials: LocalCredentials | None = None
     trust: Trust | None = None
     #: When our chain is sent in CERT payloads (we always send a CERTREQ with ``trust``).
-    send_cert: SendCert = SendCert.IF_ASKED
+    #: Always by default: RFC 7296 3.6 says certificates SHOULD be sent when
+    #: available, and Libreswan as initiator sends no CERTREQ unless its conn names a
+    #: CA (docs/ike.md "Certificates").
+    send_cert: SendCert = SendCert.ALWAYS
     #: Sign and accept the signature methods older than RFC 7427 (RSA method 1 with
     #: SHA-1, ECDSA methods 9-11) with a peer that does not announce
     #: SIGNATURE_HASH_ALGORITHMS.

@@ -134,7 +134,7 @@ class IkeConnection:
     auth_ca: str | None = None
     auth_cert: str | None = None
     auth_key: str | None = None
-    send_cert: str = "ifasked"
+    send_cert: str = "always"
     legacy_auth: bool = False
 
 

@@ -244,7 +244,7 @@ class AuthSpec:
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
-    send_cert: str = "ifasked"  # always | ifasked | never
+    send_cert: str = "always"  # always | ifasked | never
     legacy: bool = False
 
 

@@ -105,7 +105,7 @@ def _conn_text(c: IkeConnection, redact: bool) -> str:
     for word, value in (("ca", c.auth_ca), ("cert", c.auth_cert), ("key", c.auth_key)):
         if value is not None:
             auth += f' {word} "{value}"'
-    if c.auth == "certificate" and c.send_cert != "ifasked":
+    if c.auth == "certificate" and c.send_cert != "always":
         auth += f" sendcert {c.send_cert}"
     if c.legacy_auth:
         auth += " legacy"

@@ -674,7 +674,7 @@ class Parser:
     def _cert_auth(self, cur: Cursor, kw: Token) -> AuthSpec:
         """``certificate [ca PATH] [cert PATH key PATH] [sendcert WHEN] [legacy]``."""
         paths: dict[str, str] = {}
-        send_cert = "ifasked"
+        send_cert = "always"
         legacy = False
         seen: set[str] = set()
         while (word := cur.peek_text()) in self._CERT_OPTIONS:

@@ -13,6 +13,10 @@ Facts this module is built on (shared/LAB-NOTES.md, re-measured here):
 
 Connections are described with :class:`Conn` / :class:`Child` and loaded through vici
 (the same tree is rendered as ``swanctl.conf`` text for people and for ``swanctl``).
+A :class:`Conn` authenticates with a PSK, or with X.509 certificates when it carries
+:class:`Certs` (charon's certificate, key, intermediates and trust anchors, PEM): the
+key goes over vici ``load-key``, the CA certificates over ``load-cert``, and the
+connection says ``auth = pubkey`` both ways.
 
 Typical use::
 
@@ -105,8 +109,43 @@ class Child:
 
 
 @dataclass(frozen=True, slots=True)
+class Certs:
+    """X.509 authentication of one connection (swanctl ``auth = pubkey``), all PEM.
+
+    ``cert`` is charon's own certificate, sent with ``intermediates`` (the CA
+    certificates between it and the root: loaded as CA certificates, which is how
+    charon finds the chain it sends); ``key`` its private key (PKCS#8 or
+    traditional; RSA, ECDSA or Ed25519); ``cacerts`` the trust anchors the peer's
+    certificate must chain to (``remote.cacerts``, also loaded as CA certificates).
+    """
+
+    cert: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+    intermediates: tuple[bytes, ...] = field(default=(), repr=False)
+    cacerts: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def key_to_vici(self) -> dict[str, Any]:
+        """vici ``load-key``: the key re-encoded as PEM of its own type (charon's
+        ``pkcs8`` plugin is not in our plugin lists)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+        key = serialization.load_pem_private_key(self.key, None)
+        if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            kind = "rsa" if isinstance(key, rsa.RSAPrivateKey) else "ecdsa"
+            fmt = serialization.PrivateFormat.TraditionalOpenSSL
+        elif isinstance(key, ed25519.Ed25519PrivateKey):
+            kind, fmt = "ed25519", serialization.PrivateFormat.PKCS8
+        else:
+            raise CharonError(f"Certs: unsupported private key {type(key).__name__}")
+        data = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+        return {"type": kind, "data": data}
+
+
+@dataclass(frozen=True, slots=True)
 class Conn:
-    """An IKE connection with PSK authentication (swanctl ``connections.<name>``)."""
+    """An IKE connection (swanctl ``connections.<name>``): PSK authentication, or
+    certificates on both sides when ``certs`` is given (``psk`` is then unused)."""
 
     name: str
     local_addrs: tuple[str, ...]
@@ -122,8 +161,25 @@ class Conn:
     rekey_time: int = 0
     # Further swanctl connection keys (e.g. {"dpd_delay": "5s"}), added verbatim.
     extra: Mapping[str, str] = field(default_factory=dict)
+    certs: Certs | None = None
 
-    def to_vici(self) -> dict[str, Any]:
+    def _auth(self, *, files: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """local-1 and remote-1: certificates as PEM (vici) or as the file names
+        :meth:`Charon.load` writes for ``swanctl.conf`` (``files``)."""
+        if self.certs is None:
+            return {"auth": "psk", "id": self.local_id}, {"auth": "psk", "id": self.remote_id}
+        local: dict[str, Any] = {"auth": "pubkey", "id": self.local_id}
+        remote: dict[str, Any] = {"auth": "pubkey", "id": self.remote_id}
+        local["certs"] = [f"{self.name}.pem" if files else self.certs.cert]
+        if self.certs.cacerts:
+            remote["cacerts"] = [
+                f"{self.name}-ca-{i}.pem" if files else pem
+                for i, pem in enumerate(self.certs.cacerts)
+            ]
+        return local, remote
+
+    def to_vici(self, *, files: bool = False) -> dict[str, Any]:
+        local, remote = self._auth(files=files)
         conn: dict[str, Any] = {
             "version": str(self.version),
             "local_addrs": list(self.local_addrs),
@@ -132,8 +188,8 @@ class Conn:
             "unique": self.unique,
             "encap": "yes" if self.encap else "no",
             "rekey_time": str(self.rekey_time),
-            "local-1": {"auth": "psk", "id": self.local_id},
-            "remote-1": {"auth": "psk", "id": self.remote_id},
+            "local-1": local,
+            "remote-1": remote,
             "children": {c.name: c.to_vici() for c in self.children},
         }
         conn.update(self.extra)
@@ -149,13 +205,14 @@ class Conn:
 
 def render_swanctl_conf(conns: Sequence[Conn], *, with_secrets: bool = True) -> str:
     """The swanctl.conf text equivalent to what :meth:`Charon.load` sends over vici."""
-    tree: dict[str, Any] = {"connections": {c.name: c.to_vici() for c in conns}}
-    if with_secrets:
+    tree: dict[str, Any] = {"connections": {c.name: c.to_vici(files=True) for c in conns}}
+    if with_secrets and any(c.certs is None for c in conns):
         # swanctl.conf spells secrets differently from vici's load-shared: the type is
         # the section prefix, the owners are id-N.
         tree["secrets"] = {
             f"ike-{c.name}": {"secret": f'"{c.psk}"', "id-1": c.local_id, "id-2": c.remote_id}
             for c in conns
+            if c.certs is None
         }
     return _render_tree(tree, 0)
 
@@ -408,17 +465,43 @@ class Charon:
             ) from exc
 
     def load(self, conns: Sequence[Conn]) -> None:
-        """Load connections and their PSKs; also write ``swanctl.conf`` for reference."""
+        """Load connections and their PSKs, or their certificates and keys; also write
+        ``swanctl.conf`` for reference (with the certificate and key files it names
+        under ``WORKDIR/swanctl``, as ``SWANCTL_DIR`` would hold them)."""
         path = self.workdir / "swanctl.conf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the PSKs
         with os.fdopen(fd, "w") as out:
             out.write(render_swanctl_conf(conns))
         for conn in conns:
+            if conn.certs is not None:
+                self.load_certs(conn.name, conn.certs)
             self._call("load-conn", lambda s, c=conn: s.load_conn({c.name: c.to_vici()}))
-            self._call(
-                "load-shared",
-                lambda s, c=conn: s.load_shared({"id": f"ike-{c.name}", **c.secret_to_vici()}),
-            )
+            if conn.certs is None:
+                self._call(
+                    "load-shared",
+                    lambda s, c=conn: s.load_shared({"id": f"ike-{c.name}", **c.secret_to_vici()}),
+                )
+
+    def load_certs(self, name: str, certs: Certs) -> None:
+        """vici ``load-key`` for the private key and ``load-cert`` (as CA
+        certificates) for the intermediates and trust anchors of connection ``name``;
+        the files go under ``WORKDIR/swanctl`` (the key 0600) for reference."""
+        base = self.workdir / "swanctl"
+        for sub in ("x509", "x509ca", "private"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "x509" / f"{name}.pem").write_bytes(certs.cert)
+        for i, pem in enumerate(certs.cacerts):
+            (base / "x509ca" / f"{name}-ca-{i}.pem").write_bytes(pem)
+        for i, pem in enumerate(certs.intermediates):
+            (base / "x509ca" / f"{name}-im-{i}.pem").write_bytes(pem)
+        key = certs.key_to_vici()
+        fd = os.open(base / "private" / f"{name}.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key["data"])
+        self._call("load-key", lambda s: s.load_key(key))
+        for pem in (*certs.intermediates, *certs.cacerts):
+            req = {"type": "X509", "flag": "CA", "data": pem}
+            self._call("load-cert", lambda s, r=req: s.load_cert(r))
 
     def initiate(self, child: str, *, ike: str | None = None, timeout: float = 10.0) -> None:
         """Initiate ``child`` (and its IKE SA) and wait until it is up or failed.

@@ -32,6 +32,22 @@ and OpenIKED peers", re-measured here):
   selector when that is a single host.
 * ``whack`` shows no IKE SPIs; CHILD SA SPIs, mode and byte counters come from
   ``--showstates``, the negotiated algorithms from ``--status``.
+* Certificates (:class:`Certs`) live in the instance's NSS database: the trust
+  anchors imported with ``certutil -A -t CT,,``, intermediates with ``-t ,,``, pluto's
+  own certificate and key from a PKCS#12 file (``pk12util``), all before pluto
+  starts.  A :class:`Conn` with ``cert=NICKNAME`` authenticates with it
+  (``authby=rsasig`` by default: RSA-PSS with SHA-2 when the peer announced RFC 7427
+  hashes) and sends its chain (``leftsendcert=always``, ``sendca=all``: Libreswan's
+  default ``sendca=none`` sends no intermediate).  pluto IKE-fragments (RFC 7383)
+  a message above 576 bytes (IPv4) only on its first retransmission, unless it
+  received fragments on that IKE SA, or ``fragmentation=force``.  As initiator
+  pluto sends a CERTREQ only when the conn names the peer's CA (``rightca``,
+  :class:`Conn` ``remote_ca``; "%same" will do): a peer that sends its certificate
+  only when asked (strongSwan's and our default, Libreswan's own) then sends none,
+  and pluto fails with "authentication failed: no certificate matched RSASSA-PSS with
+  SHA2_256 and 'fd00::1'".  (The "warning: gntoid() failed to initaddr(): IPv4
+  address must be exactly 4 bytes" it logs for a certificate with an IPv6 iPAddress
+  entry is harmless: such identities are matched all the same.)
 
 Proposals are written as for strongSwan (``aes256gcm16-prfsha384-ecp384``,
 ``aes256-sha256``) and translated to Libreswan's syntax (:func:`pluto_proposal`), so one
@@ -191,8 +207,30 @@ def _single_host(selectors: Sequence[str]) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Certs:
+    """X.509 material for pluto's NSS database (PEM), imported by :meth:`Pluto.start`.
+
+    ``cert``/``key`` become pluto's own certificate and private key under
+    ``nickname`` (what :class:`Conn`'s ``cert`` names); ``intermediates`` are stored
+    untrusted (pluto sends them with ``sendca=all``, and builds peers' chains with
+    them); ``cas`` are the trust anchors peers' certificates must chain to.
+    """
+
+    nickname: str
+    cert: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+    intermediates: tuple[bytes, ...] = field(default=(), repr=False)
+    cas: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.nickname):
+            raise ValueError(f"Certs nickname {self.nickname!r}: use letters, digits, _ . -")
+
+
+@dataclass(frozen=True, slots=True)
 class Conn:
-    """One IKEv2 connection with PSK authentication (``ipsec.conf`` ``conn NAME``).
+    """One IKEv2 connection with PSK authentication (``ipsec.conf`` ``conn NAME``), or
+    with certificates when ``cert`` names one of :class:`Certs` (``psk`` unused then).
 
     Addresses and IDs are this side's (``left``) and the peer's (``right``).  Traffic
     selectors default to the two addresses (host to host); more than one selector on a
@@ -235,6 +273,13 @@ class Conn:
     encapsulation: str = "auto"  # "auto" | "yes" | "no" (RFC 3948 UDP encapsulation)
     # Further ipsec.conf keys for this conn (e.g. {"retransmit-timeout": "20s"}).
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Certificate authentication: the NSS nickname of our certificate (Certs), and
+    # the signature methods (``authby=``: "rsasig", "ecdsa", "rsa-sha2", ...).
+    cert: str | None = None
+    authby: str = "rsasig"
+    # ``rightca=``: the CA the peer's certificate must come from ("%same": the one of
+    # ours).  pluto sends a CERTREQ only when this is set (see the module doc).
+    remote_ca: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("tunnel", "transport"):
@@ -262,7 +307,7 @@ class Conn:
         """The ``conn`` section (no secret in it)."""
         keys: dict[str, str] = {
             "ikev2": "insist",
-            "authby": "secret",
+            "authby": "secret" if self.cert is None else self.authby,
             "type": self.mode,
             "left": self.local_addr,
             "leftid": pluto_id(self.local_id),
@@ -291,6 +336,10 @@ class Conn:
             keys["rightprotoport"] = self.remote_protoport
         if self.sourceip:
             keys["leftsourceip"] = self.sourceip
+        if self.cert is not None:
+            keys.update(leftcert=self.cert, leftsendcert="always", sendca="all")
+        if self.remote_ca is not None:
+            keys["rightca"] = self.remote_ca
         if self.dpd_delay:
             keys["dpddelay"] = f"{self.dpd_delay}s"
             keys["dpdaction"] = self.dpd_action
@@ -301,7 +350,10 @@ class Conn:
         return f"conn {self.name}\n{body}"
 
     def secret_line(self) -> str:
-        """The ``ipsec.secrets`` entry: both IDs share the PSK."""
+        """The ``ipsec.secrets`` entry: both IDs share the PSK (none with certificates:
+        the key is in the NSS database)."""
+        if self.cert is not None:
+            return ""
         return f'{pluto_id(self.local_id)} {pluto_id(self.remote_id)} : PSK "{self.psk}"\n'
 
 
@@ -456,11 +508,13 @@ class Pluto:
         *,
         debug: str = "none",
         setup: Mapping[str, str] | None = None,
+        certs: Sequence[Certs] = (),
     ) -> None:
         self.netns = netns
         self.workdir = Path(workdir)
         self.debug = debug  # plutodebug=, e.g. "base" (never "crypt": it logs keys)
         self.setup = dict(setup or {})
+        self.certs = tuple(certs)  # imported into the NSS database at start
         self.proc: subprocess.Popen[bytes] | None = None
         self.conns: dict[str, Conn] = {}
 
@@ -492,7 +546,8 @@ class Pluto:
 
     def _redact(self, text: str) -> str:
         for conn in self.conns.values():
-            text = text.replace(conn.psk, "<psk>")
+            if conn.psk:
+                text = text.replace(conn.psk, "<psk>")
         return text
 
     def log_text(self) -> str:
@@ -566,6 +621,8 @@ class Pluto:
         )
         if nss.returncode != 0 and "already exists" not in nss.stderr:
             raise PlutoError(f"certutil -N for pluto's NSS database failed: {nss.stderr.strip()}")
+        for certs in self.certs:
+            self.import_certs(certs)
         self.conf_path.write_text(self.render_setup())
         self._write_private(self.secrets_path, "")
         for stale in (self.ctl_path, self.rundir / "pluto.pid"):
@@ -604,6 +661,46 @@ class Pluto:
             f"pluto in netns {self.netns.name} did not answer on {self.ctl_path} within "
             f"{timeout:.0f} s; log tail:\n{self.log_tail()}"
         )
+
+    def _nss_tool(self, argv: Sequence[str]) -> None:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        if proc.returncode != 0:
+            raise PlutoError(
+                f"`{' '.join(argv[:2])} ...` for pluto's NSS database failed "
+                f"({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
+            )
+
+    def import_certs(self, certs: Certs) -> None:
+        """Put ``certs`` into the NSS database (see :class:`Certs`); pluto reads it at
+        start, so call this before (``Pluto(certs=...)`` does)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.serialization import pkcs12
+
+        db = f"sql:{self.workdir / 'nss'}"
+        folder = self.workdir / "certs"
+        folder.mkdir(exist_ok=True)
+        for trust, label, pems in ((",,", "im", certs.intermediates), ("CT,,", "ca", certs.cas)):
+            for i, pem in enumerate(pems):
+                path = folder / f"{certs.nickname}-{label}-{i}.pem"
+                path.write_bytes(pem)
+                self._nss_tool(["certutil", "-A", "-d", db, "-n", f"{certs.nickname}-{label}-{i}",
+                                "-t", trust, "-a", "-i", str(path)])  # fmt: skip
+        password = os.urandom(12).hex()  # pk12util wants one; it only guards this file
+        key = serialization.load_pem_private_key(certs.key, None)
+        blob = pkcs12.serialize_key_and_certificates(
+            certs.nickname.encode(),
+            key,  # type: ignore[arg-type]
+            x509.load_pem_x509_certificate(certs.cert),
+            None,
+            serialization.BestAvailableEncryption(password.encode()),
+        )
+        p12 = folder / f"{certs.nickname}.p12"
+        self._write_private(p12, "")
+        p12.write_bytes(blob)
+        pwfile = folder / f"{certs.nickname}.pw"
+        self._write_private(pwfile, password)
+        self._nss_tool(["pk12util", "-i", str(p12), "-d", db, "-w", str(pwfile), "-K", ""])
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop pluto: SIGTERM (it deletes its SAs), SIGKILL after ``timeout``.  Never raises."""

@@ -32,6 +32,20 @@ and OpenIKED peers", re-measured here):
   policy until it logs "config_getcompile: compilation done" (in one lab run that
   had not happened when charon gave up retransmitting, ~5 s after the load):
   :meth:`Iked.load` waits for that line.
+* Certificates (:class:`Certs`, ``Iked(certs=...)``): iked signs with
+  ``/etc/iked/private/local.key`` whatever the certificate, so the fixture writes the
+  certificate's key there (and ``local.pub``), the certificate followed by its
+  intermediates in ``certs/local.crt`` (iked sends the intermediates it finds among
+  its CAs, and takes the certificates after the first of a ``certs/`` file as CAs;
+  an intermediate in a file of its own is never sent), the trust anchors under
+  ``ca/``, before iked starts.  iked 7.2 reads only the first CERT payload of a
+  peer ("multiple cert payloads, ignoring"), so the intermediates of the peers'
+  chains must be among its ``cas`` too, or it refuses them ("ca_validate_cert: ...
+  unable to get local issuer certificate").  A :class:`Conn` with ``auth`` other than ``"psk"``
+  has no ``psk`` word: ``"sig"`` lets iked pick the signature method (RFC 7427 when
+  the peer announced hashes), other values are iked.conf's ``ikeauth`` words
+  (``rfc7427``, ``ecdsa256``, ``rsa``...).  IKE fragmentation (RFC 7383) is off
+  unless the globals say ``set fragmentation``.
 * DPD is global in iked (``set dpd_check_interval``): the smallest ``dpd_delay`` of
   the loaded policies wins.  iked.conf has no rekey margin: CHILD SA rekeying is
   driven by ``lifetime`` alone (use a short one to force rekeys); ``ikelifetime 0``
@@ -182,8 +196,23 @@ def iked_id(ident: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Certs:
+    """iked's own certificate (PEM) and key, written under its ``/etc/iked`` at start
+    (see the module doc): ``intermediates`` go to ``certs/local.crt`` after the
+    certificate, ``cas`` (the anchors peers' certificates must chain to, and the
+    intermediates of their chains: iked 7.2 ignores every CERT payload after the
+    first) to ``ca/``."""
+
+    cert: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+    intermediates: tuple[bytes, ...] = field(default=(), repr=False)
+    cas: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Conn:
-    """One IKEv2 policy with PSK authentication (iked.conf ``ikev2 "NAME" ...``).
+    """One IKEv2 policy with PSK authentication (iked.conf ``ikev2 "NAME" ...``), or
+    with certificates when ``auth`` is not ``"psk"`` (``psk`` unused then).
 
     Addresses and IDs are this side's (``local``/``srcid``) and the peer's
     (``peer``/``dstid``).  Traffic selectors default to the two addresses; every
@@ -215,6 +244,9 @@ class Conn:
     extra: tuple[str, ...] = ()
     # Skip the check against ESP transforms iked cannot install on Linux.
     unchecked: bool = False
+    # "psk", "sig" (certificates, iked picks the signature method), or an iked.conf
+    # ikeauth word: "rfc7427", "ecdsa256", "ecdsa384", "ecdsa521", "rsa".
+    auth: str = "psk"
 
     def __post_init__(self) -> None:
         if self.mode not in ("tunnel", "transport"):
@@ -224,6 +256,8 @@ class Conn:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ValueError(f"policy name {self.name!r}: use letters, digits, _ . -")
         _quote(self.psk, f"policy {self.name}: the PSK")
+        if self.auth not in ("psk", "sig", "rfc7427", "ecdsa256", "ecdsa384", "ecdsa521", "rsa"):
+            raise ValueError(f"policy {self.name}: unknown auth {self.auth!r}")
         if not self.unchecked:
             for prop in self.esp_proposals:
                 bad = UNINSTALLABLE_ESP.intersection(prop.split("-"))
@@ -260,7 +294,10 @@ class Conn:
             life += f" bytes {self.sa_bytes}"
         lines.append(life)
         lines += list(self.extra)
-        lines.append(f"psk {_quote(self.psk, 'psk')}")
+        if self.auth == "psk":
+            lines.append(f"psk {_quote(self.psk, 'psk')}")
+        elif self.auth != "sig":
+            lines.append(self.auth)
         return " \\\n    ".join(lines) + "\n"
 
 
@@ -422,9 +459,11 @@ class Iked:
         *,
         verbosity: int = 2,
         globals_: Sequence[str] = (),
+        certs: Certs | None = None,
     ) -> None:
         self.netns = netns
         self.workdir = Path(workdir)
+        self.certs = certs  # written under etc-iked at start
         # -v count: 1 logs established SAs and their transforms, 2 also configuration
         # loads (which :meth:`load` waits for); keys are only dumped from 3 on.
         self.verbosity = verbosity
@@ -452,8 +491,9 @@ class Iked:
 
     def _redact(self, text: str) -> str:
         for conn in self.conns.values():
-            text = text.replace(conn.psk, "<psk>")
-            text = text.replace("0x" + conn.psk.encode().hex(), "<psk>")
+            if conn.psk:
+                text = text.replace(conn.psk, "<psk>")
+                text = text.replace("0x" + conn.psk.encode().hex(), "<psk>")
         return text
 
     def log_text(self) -> str:
@@ -505,11 +545,38 @@ class Iked:
                 "run in the kernel lab (scripts/lab.py loads it) or `modprobe af_key`"
             ) from None
 
+    def _write_certs(self, certs: Certs) -> None:
+        """The certificate's key as iked's local key pair, the certificates under
+        ``certs/`` and ``ca/`` (see :class:`Certs`)."""
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(certs.key, None)
+        path = self.etc_path / "private" / "local.key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(certs.key)
+        (self.etc_path / "local.pub").write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        # One file, the certificate first: iked stores the certificates after the
+        # first one of a certs/ file among its CAs, where it looks for the chain it
+        # sends (an intermediate in a file of its own is never sent)
+        (self.etc_path / "certs" / "local.crt").write_bytes(
+            certs.cert + b"".join(certs.intermediates)
+        )
+        for i, pem in enumerate(certs.cas):
+            (self.etc_path / "ca" / f"ca-{i}.crt").write_bytes(pem)
+
     def _make_local_key(self) -> None:
         """iked refuses to start without a local key pair, even for PSK policies
         ("config_setkeys: failed to open private key"); make one per instance, as the
         package's postinst does for /etc/iked."""
         key = self.etc_path / "private" / "local.key"
+        if self.certs is not None:
+            self._write_certs(self.certs)
+            return
         if key.exists():
             return
         for argv in (
@@ -530,6 +597,10 @@ class Iked:
         os.chmod(self.workdir, 0o700)
         for sub in _ETC_DIRS:
             (self.etc_path / sub).mkdir(parents=True, exist_ok=True)
+        # iked's certificate process reads these folders as _iked: explicit modes, not
+        # whatever the umask of this process is
+        for folder in (self.etc_path, *(p for p in self.etc_path.rglob("*") if p.is_dir())):
+            os.chmod(folder, 0o755)
         self._make_local_key()
         self._write_conf()
         with contextlib.suppress(FileNotFoundError):
@@ -557,7 +628,8 @@ class Iked:
             if self.proc.poll() is not None:
                 raise IkedError(
                     f"iked in netns {self.netns.name} exited with {self.proc.returncode} "
-                    f"during start-up; log tail:\n{self.log_tail()}"
+                    f"during start-up; log tail:\n{self.log_tail()}\n"
+                    f"{self._etc_listing()}"
                 )
             if self.sock_path.exists():
                 # the socket may exist before iked answers on it (a busy start under
@@ -727,6 +799,20 @@ class Iked:
             child_algs = loaded.get(sa.ispi) or loaded.get(sa.rspi) or ""
             out.append(replace(sa, policy=policy, algorithms=algs, child_algorithms=child_algs))
         return out
+
+    def _etc_listing(self) -> str:
+        """What iked's certificate process sees under /etc/iked (for start-up failures:
+        it reads those folders as ``_iked``)."""
+        proc = subprocess.run(
+            ["ls", "-laR", str(self.etc_path)], capture_output=True, text=True, check=False
+        )
+        user = subprocess.run(["id", "_iked"], capture_output=True, text=True, check=False)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return (
+            f"etc-iked ({self.etc_path}), umask {umask:04o}, {user.stdout.strip()}:\n"
+            f"{proc.stdout}{proc.stderr}"
+        )
 
     def _policy_by_addresses(self, sa: IkeSa) -> str:
         hosts = (sa.local.rsplit(":", 1)[0].strip("[]"), sa.remote.rsplit(":", 1)[0].strip("[]"))

@@ -702,7 +702,7 @@ class Writer:
             parts.append(f'ca "{c.ca}"')
         if c.cert and c.key:
             parts.append(f'cert "{c.cert}" key "{c.key}"')
-        if c.send_cert and c.send_cert != "ifasked":
+        if c.send_cert and c.send_cert != "always":  # the SPD's default
             parts.append(f"sendcert {c.send_cert}")
         return " ".join(parts)
 

@@ -636,6 +636,7 @@ class _Ctx:
             spec.ike_lifetime = 4 * 3600 + over
         dpd = self._duration(conn, "dpd_delay", name)
         spec.dpd = dpd if dpd is not None else 0  # strongSwan's default: no DPD
+        # strongSwan's default is ifasked: carried as such (the SPD's default is always)
         send = (conn.get("send_cert") or "ifasked").strip().lower()
         if send in ("always", "ifasked", "never"):
             spec.send_cert = send

@@ -32,26 +32,26 @@ def test_default_is_the_cluster_ca_and_the_nodes_certificate() -> None:
     (conn,) = _conns("connection mesh between all and all;").values()
     assert conn.auth == "certificate"  # type: ignore[attr-defined]
     assert (conn.auth_ca, conn.auth_cert, conn.auth_key) == (None, None, None)  # type: ignore[attr-defined]
-    assert conn.send_cert == "ifasked" and not conn.legacy_auth  # type: ignore[attr-defined]
+    assert conn.send_cert == "always" and not conn.legacy_auth  # type: ignore[attr-defined]
 
 
 def test_every_option_reaches_the_compiled_connection_and_its_text() -> None:
     text = PEER + (
         "connection vpn { between all and gw;\n"
         '  auth certificate ca "/etc/ipsecd/partner-ca.pem" cert /etc/ipsecd/gw-side.pem\n'
-        '       key "/etc/ipsecd/gw-side.key" sendcert always legacy; }\n'
+        '       key "/etc/ipsecd/gw-side.key" sendcert ifasked legacy; }\n'
     )
     (conn,) = _conns(text).values()
     assert conn.auth_ca == "/etc/ipsecd/partner-ca.pem"  # type: ignore[attr-defined]
     assert conn.auth_cert == "/etc/ipsecd/gw-side.pem"  # type: ignore[attr-defined]
     assert conn.auth_key == "/etc/ipsecd/gw-side.key"  # type: ignore[attr-defined]
-    assert conn.send_cert == "always" and conn.legacy_auth  # type: ignore[attr-defined]
+    assert conn.send_cert == "ifasked" and conn.legacy_auth  # type: ignore[attr-defined]
     assert conn.remote_id == "dn:CN=gw.example.net, O=Partner"  # type: ignore[attr-defined]
     cfg = compile_node(load_text(text, "f.spd"), NODES[0], NODES)
     rendered = config_to_text(cfg)
     assert (
         'auth certificate ca "/etc/ipsecd/partner-ca.pem" cert "/etc/ipsecd/gw-side.pem" '
-        'key "/etc/ipsecd/gw-side.key" sendcert always legacy'
+        'key "/etc/ipsecd/gw-side.key" sendcert ifasked legacy'
     ) in rendered
 
 
