@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.ike_driver import IkeDriver, IkeDriverError
+from agent.ike_driver import RECEIVE_BUFFER, IkeDriver, IkeDriverError
 from ipsecd.ike.config import (
     ChildConfig,
     Identity,
@@ -136,6 +136,18 @@ async def test_handshake_over_udp_500(
     for drv in (da, db):
         stats = drv.endpoint.stats
         assert stats.not_ike == stats.unknown_spi == stats.refused == drv.overruns == 0
+
+
+@run_async(30)
+async def test_ike_sockets_have_a_receive_buffer_for_floods(pair: tuple[Netns, Netns]) -> None:
+    """Every IKE socket (500 and 4500, IPv4 and IPv6) holds RECEIVE_BUFFER, beyond
+    net.core.rmem_max (the kernel reports twice what was set, its bookkeeping
+    included): a flood is queued, not dropped, between two batches of the worker."""
+    a, _b = pair
+    async with IkeDriver([config("a")], netns=a.name) as drv:
+        assert len(drv._socks) == 4
+        for sock in drv._socks.values():
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= RECEIVE_BUFFER
 
 
 @run_async(60)
