@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ipsecd.ike.signature import _der, _oid  # the DER the product writes
+
 #: The instant tests validate at: 2025-06-15 00:00:00 UTC.
 NOW = 1_749_945_600.0
 DAY = 86_400.0
@@ -329,27 +331,6 @@ _RSA_SIG_OIDS = {
     "sha1": "1.2.840.113549.1.1.5",
     "md5": "1.2.840.113549.1.1.4",
 }
-
-
-def _der(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        return bytes((tag, n)) + body
-    size = (n.bit_length() + 7) // 8
-    return bytes((tag, 0x80 | size)) + n.to_bytes(size, "big") + body
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray((40 * arcs[0] + arcs[1],))
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return _der(0x06, bytes(out))
 
 
 def _elements(data: bytes) -> list[bytes]:
