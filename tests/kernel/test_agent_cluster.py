@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.embedded_etcd import free_port
+from controller.errors import StoreUnavailable
 from controller.etcd_store import EtcdStore
 from controller.server import Controller, ControllerConfig
 from tests.support.agents import options, ping, running
@@ -167,7 +168,17 @@ async def test_push_mesh_change_and_controller_loss(
                 assert r.lost == 0, r.output
                 # etcd restarts, a controller comes back: the next push arrives
                 etcd.restart()
-                controller = await start_controller(etcd.url, port)
+                # etcd reports healthy a moment before its gRPC side takes clients;
+                # a controller that finds it unreachable exits (a supervisor restarts
+                # it): retry as one would, bounded
+                for attempt in range(20):
+                    try:
+                        controller = await start_controller(etcd.url, port)
+                        break
+                    except StoreUnavailable:
+                        if attempt == 19:
+                            raise
+                        await asyncio.sleep(0.5)
                 out = await controller.repo.push(policy("7m"), filename="mesh.spd", author="lab")
                 assert out.accepted and out.revision is not None
                 await wait_until(lambda: all_up(daemons, 3), 300, "revision 3 after the restart")
