@@ -29,7 +29,7 @@ from ipsecd.ike import (
 from ipsecd.ike.config import SendCert
 from ipsecd.ike.constants import IdType, ProtocolId
 from ipsecd.ike.pki import id_matches
-from ipsecd.spd.secrets import Secret, SecretRef
+from ipsecd.spd.secrets import Secret, SecretRef, pair_key, pair_slot
 
 from .credentials import CredentialError, Credentials
 
@@ -50,18 +50,32 @@ def _selector(ts: spd.TrafficSelector) -> TrafficSelector:
 
 
 def _psk(conn: spd.IkeConnection, secrets: Mapping[str, bytes]) -> bytes | str:
+    """The pre-shared key of ``conn``, or why there is none.  Between two cluster nodes
+    it is the pair's own key (docs/security.md "Per-pair keys"): as the controller sent
+    it (``NAME@PEER``), else derived here from the SPD's key; with a peer outside the
+    cluster it is the SPD's key itself."""
     km = conn.psk
     if isinstance(km, Secret):
-        return km.reveal()
-    if isinstance(km, SecretRef):
-        value = secrets.get(km.name)
+        root, name = km.reveal(), ""
+    elif isinstance(km, SecretRef):
+        name = km.name
+        if not conn.external:
+            given = secrets.get(pair_slot(name, conn.peer))
+            if given is not None:
+                return bytes(given)
+        value = secrets.get(name)
         if value is None:
             return (
-                f"{conn.origin}: secret '{km.name}' is not available to the agent: put it in "
-                "the secrets file (--secrets, mode 0600) or write the key in the SPD"
+                f"{conn.origin}: secret '{name}' is not available to the agent: store it "
+                f"with `ipsecctl secret set {name}`, or put it in the secrets file "
+                "(--secrets, mode 0600)"
             )
-        return bytes(value)
-    return f"{conn.origin}: auth psk without a key"
+        root = bytes(value)
+    else:
+        return f"{conn.origin}: auth psk without a key"
+    if conn.external or not conn.local_node:
+        return root
+    return pair_key(root, name, conn.local_node, conn.peer)
 
 
 def connection_digest(conn: spd.IkeConnection, secrets: Mapping[str, bytes]) -> str:

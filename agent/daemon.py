@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
+
 from ipsecd import spd, xfrm
 from ipsecd.ike import EndpointLimits, RetransmitConfig
 from ipsecd.spd import NodeInfo, SpdError
@@ -175,7 +178,9 @@ class Daemon:
         self.applied: Applied | None = None
         self.policy_error: str | None = None
         self.directory: list[NodeInfo] = []
-        self.secrets: dict[str, bytes] = {}
+        self.file_secrets: dict[str, bytes] = {}  # --secrets
+        # from the controller: this node's own secrets only (docs/security.md "Secrets")
+        self.delivered: dict[str, bytes] = {}
         self.addresses: tuple[str, ...] = ()
         self._desired: DesiredKernel | None = None
         self._adopted = False
@@ -196,7 +201,7 @@ class Daemon:
         stream_credentials = self._stream_credentials()  # unusable files: fail before anything
         self.addresses = opts.addresses or await asyncio.to_thread(local_addresses, opts.netns)
         if opts.secrets_file is not None:
-            self.secrets = read_secrets(opts.secrets_file)
+            self.file_secrets = read_secrets(opts.secrets_file)
         await self.writer.open()
         try:
             # fail-closed order: IKE sockets (bypassed) first, then the policy
@@ -230,6 +235,14 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def secrets(self) -> dict[str, bytes]:
+        """The values the policy's references resolve to: the controller's, then the
+        --secrets file's."""
+        if not self.delivered:
+            return self.file_secrets
+        return {**self.file_secrets, **self.delivered}
 
     def reload(self) -> None:
         """SIGHUP: reread the SPD file (standalone mode) and the certificate files."""
@@ -498,6 +511,7 @@ class Daemon:
                 NodeInfo(n["name"], tuple(_ip(a) for a in n["addresses"]), dict(n["labels"]))
                 for n in data.get("directory", [])
             ]
+            self.delivered = {k: bytes.fromhex(v) for k, v in data.get("secrets", {}).items()}
             await self.apply(
                 data["text"],
                 f"revision {data['revision']} (saved)",
@@ -525,6 +539,9 @@ class Daemon:
                 }
                 for n in self.directory
             ],
+            # this node's own secrets, so that a restart without the controller brings
+            # its connections up (the file is 0600, like the node's key)
+            "secrets": {k: v.hex() for k, v in self.delivered.items()},
         }
         try:
             _write_private(self.opts.state_dir / LAST_APPLIED, json.dumps(data))
@@ -568,8 +585,38 @@ class Daemon:
             AgentStream,
             DirectoryReceived,
             PolicyReceived,
+            SecretsChanged,
             StreamEvent,
         )
+
+        async def fetch(revision: int, text: str) -> bool:
+            """This node's secrets for ``revision`` from the controller; True when they
+            changed.  A policy naming no secret needs none.  On failure the agent goes on
+            with what it has (connections lacking a key report it in the status)."""
+            if "secret:" not in text:
+                return False
+            try:
+                _rev, values = await stream.fetch_secrets(revision)
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                why = (
+                    f"{exc.code().name}: {exc.details()}"
+                    if isinstance(exc, grpc.aio.AioRpcError)
+                    else str(exc)
+                )
+                log.warning("revision %d: cannot fetch this node's secrets: %s", revision, why)
+                return False
+            if values == self.delivered:
+                return False
+            self.delivered = values
+            return True
+
+        async def reapply() -> None:
+            a = self.applied
+            if a is None:
+                return
+            with contextlib.suppress(ApplyError):
+                await self.apply(a.text, a.source, revision=a.revision, sha256=a.sha256)
+                self._save_last_applied()
 
         async def on_event(ev: StreamEvent) -> None:
             if isinstance(ev, DirectoryReceived):
@@ -578,11 +625,16 @@ class Daemon:
                     for n in ev.nodes
                 ]
                 if self.applied is not None:
-                    a = self.applied
-                    with contextlib.suppress(ApplyError):
-                        await self.apply(a.text, a.source, revision=a.revision, sha256=a.sha256)
-                        self._save_last_applied()
+                    await fetch(self.applied.revision, self.applied.text)
+                    await reapply()
+            elif isinstance(ev, SecretsChanged):
+                if self.applied is not None and await fetch(
+                    self.applied.revision, self.applied.text
+                ):
+                    log.info("secrets changed in the controller's store: applying again")
+                    await reapply()
             elif isinstance(ev, PolicyReceived):
+                await fetch(ev.revision, ev.text)
                 try:
                     await self.apply(
                         ev.text, f"revision {ev.revision}", revision=ev.revision, sha256=ev.sha256

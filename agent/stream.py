@@ -47,6 +47,7 @@ __all__ = [
     "AgentStream",
     "DirectoryReceived",
     "PolicyReceived",
+    "SecretsChanged",
     "StreamConnected",
     "StreamEvent",
     "StreamLost",
@@ -115,7 +116,14 @@ class StreamLost:
     reason: str
 
 
-StreamEvent = PolicyReceived | DirectoryReceived | StreamConnected | StreamLost
+@dataclass(frozen=True, slots=True)
+class SecretsChanged:
+    """A secret changed in the controller's store: fetch this node's secrets again."""
+
+    generation: int
+
+
+StreamEvent = PolicyReceived | DirectoryReceived | StreamConnected | StreamLost | SecretsChanged
 EventHandler = Callable[[StreamEvent], Awaitable[None]]
 StatusProvider = Callable[[], types_pb2.NodeStatus]
 
@@ -161,6 +169,7 @@ class AgentStream:
         self.address = ""  # controller address of the current stream ("" when down)
         self._shas: dict[int, str] = {}
         self._call: Any = None
+        self._channel_now: grpc.aio.Channel | None = None  # of the current stream
         self._write_lock = asyncio.Lock()
         self._closed = asyncio.Event()
         self._index = 0
@@ -224,6 +233,22 @@ class AgentStream:
         if call is not None:
             call.cancel()
 
+    async def fetch_secrets(
+        self, revision: int, *, timeout: float = 10.0
+    ) -> tuple[int, dict[str, bytes]]:
+        """This node's secrets for ``revision`` (docs/security.md "Secrets"), asked over
+        the current stream's channel: ``(revision, {NAME or NAME@PEER: value})``.
+        Raises ``grpc.aio.AioRpcError``, or ``ConnectionError`` when no stream is up."""
+        channel = self._channel_now
+        if channel is None:
+            raise ConnectionError("no controller stream is up")
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        reply = await stub.FetchSecrets(
+            agent_pb2.SecretsRequest(node=self.identity.node, revision=revision),
+            timeout=timeout,
+        )
+        return reply.revision, dict(reply.secrets)
+
     @property
     def connected(self) -> bool:
         return self._call is not None and bool(self.address)
@@ -268,6 +293,7 @@ class AgentStream:
         async with self._channel(address) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             self._call = call
+            self._channel_now = channel
             self._last_rx = loop.time()
             self._idle = False
             # One watchdog per stream instead of ``wait_for`` around every read (which
@@ -294,6 +320,7 @@ class AgentStream:
                             reporter = asyncio.create_task(self._report_loop())
                     await self._dispatch(address, msg)
             finally:
+                self._channel_now = None
                 watchdog.cancel()
                 if reporter is not None:
                     reporter.cancel()
@@ -338,6 +365,8 @@ class AgentStream:
             )
         elif kind == "directory":
             await self._directory(msg.directory)
+        elif kind == "secrets_changed":
+            await self.on_event(SecretsChanged(msg.secrets_changed.generation))
 
     async def _policy(self, p: agent_pb2.PolicyRevision, *, via_snapshot: bool) -> None:
         self._shas[p.revision] = p.sha256

@@ -17,7 +17,8 @@ Roles (the table below is the whole truth):
 
 * ``admin``: everything ipsecctl does, secrets included;
 * ``viewer``: read-only (get, history, diff, validate, nodes, status), never secrets;
-* ``node``: only the agent stream (``Connect``), only as its own node name;
+* ``node``: only the agent stream (``Connect``) and its secrets (``FetchSecrets``),
+  only as its own node name;
 * ``controller``: another replica forwarding a live status query.
 
 With ``--insecure`` (plaintext) :class:`InsecureAuthorizer` keeps the behaviour from
@@ -75,7 +76,13 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = MappingProxyType(
         "/ipsecd.v1.StatusService/ListNodes": READERS,
         # controller: another replica forwarding a live status query (server.py)
         "/ipsecd.v1.StatusService/GetNodeStatus": READERS | {Role.CONTROLLER},
+        "/ipsecd.v1.PolicyService/SetSecret": ADMIN_ONLY,
+        "/ipsecd.v1.PolicyService/DeleteSecret": ADMIN_ONLY,
+        # names, sizes and authors only: never a value (docs/security.md "Secrets")
+        "/ipsecd.v1.PolicyService/ListSecrets": READERS,
         "/ipsecd.v1.AgentService/Connect": frozenset({Role.NODE}),
+        # its own node's secrets only (check_node in the handler)
+        "/ipsecd.v1.AgentService/FetchSecrets": frozenset({Role.NODE}),
     }
 )
 

@@ -55,6 +55,7 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format
 
+from controller import cli_secret
 from controller.clientconf import ConfigError, load_config, locate
 from controller.limits import (
     DEFAULT_MAX_POLICY_BYTES,
@@ -329,6 +330,9 @@ def _report_push(args: argparse.Namespace, resp: policy_pb2.PushResponse, verb: 
     else:
         r = resp.revision
         print(f"{verb} revision {r.revision} (sha256 {r.sha256[:12]}, base {r.base_revision})")
+    if args.output != "json":
+        for note in resp.notes:
+            print(f"note: {note}")
     return EXIT["ok"] if resp.accepted else EXIT["invalid"]
 
 
@@ -568,6 +572,8 @@ def register(subparsers: Any) -> None:
         help="the agent's status socket (default /run/ipsecd/ipsecd.sock)",
     )
     p.set_defaults(func=_status_entry(p.get_default("func")))
+
+    cli_secret.register(subparsers, common, _runner, EXIT, _table, _when, _print_json, _to_dict)
 
 
 def main(argv: list[str] | None = None) -> int:

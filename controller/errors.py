@@ -47,3 +47,15 @@ class StoreRequestTooLarge(ControllerError):
 
 class InputTooLarge(ControllerError):
     """A request field (policy text, comment, ...) is over the controller's bound."""
+
+
+class InvalidArgument(ControllerError):
+    """A request field is wrong (e.g. a bad secret name); the message says how."""
+
+
+class NotFound(ControllerError):
+    """The named thing (a secret, ...) does not exist."""
+
+
+class SecretsUnavailable(ControllerError):
+    """The controller cannot open its secrets (no envelope key, or another one)."""

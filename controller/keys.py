@@ -17,6 +17,8 @@ class Keys:
     * ``conn/<name>``             which replica holds the node's stream (replica lease)
     * ``replicas/<id>``           a live controller replica and its address (its lease)
     * ``leader``                  the elected replica (its lease)
+    * ``secrets/<name>``          one secret, sealed with the envelope key
+      (controller/secretstore.py)
     """
 
     root: str = "/ipsecd/"
@@ -60,3 +62,10 @@ class Keys:
     @property
     def leader(self) -> str:
         return f"{self.root}leader"
+
+    @property
+    def secrets(self) -> str:
+        return f"{self.root}secrets/"
+
+    def secret(self, name: str) -> str:
+        return f"{self.secrets}{name}"

@@ -40,6 +40,7 @@ from controller.limits import (
     DEFAULT_MAX_POLICY_BYTES,
     POLICY_BYTES_CEILING,
 )
+from controller.secretstore import Envelope, EnvelopeError
 from controller.server import Controller, ControllerConfig
 from controller.statedir import load_serving, split_hostport
 
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STATE_DIR,
         help="state: the cluster CA and serving certificate (ipsecd-controller init), the "
         "private etcd's data",
+    )
+    p.add_argument(
+        "--envelope-key",
+        metavar="FILE",
+        help="the 32-byte key that seals secrets in etcd (mode 0600; default: STATE_DIR/"
+        "envelope.key, made by init; e.g. a mounted Kubernetes Secret). Every replica "
+        "needs the same one",
     )
     p.add_argument(
         "--insecure",
@@ -182,11 +190,26 @@ def security(args: argparse.Namespace) -> Security:
     return sec
 
 
+def envelope(args: argparse.Namespace) -> Envelope | None:
+    """The envelope key (docs/security.md "Secrets"): required with mTLS; with
+    --insecure and none, secrets stay as they were pushed (warned at every start)."""
+    path = Path(args.envelope_key or Path(args.state_dir) / "envelope.key")
+    if args.envelope_key is None and args.insecure and not path.exists():
+        logging.warning(
+            "no envelope key (%s): no secret store; literal keys stay in the stored "
+            "revisions and every agent receives them all",
+            path,
+        )
+        return None
+    return Envelope.from_file(path)
+
+
 async def serve(args: argparse.Namespace) -> int:
     etcd: EtcdProcess | None = None
     store: EtcdStore | None = None
     controller: Controller | None = None
     sec = security(args)  # before etcd starts: a state dir without a CA fails at once
+    sealing = envelope(args)
     try:
         if args.etcd:
             url = args.etcd
@@ -210,7 +233,11 @@ async def serve(args: argparse.Namespace) -> int:
             drain_timeout=args.stream_drain_timeout,
         )
         controller = Controller(
-            store, config, authorizer=sec.authorizer, peer_credentials=sec.peer_credentials
+            store,
+            config,
+            authorizer=sec.authorizer,
+            peer_credentials=sec.peer_credentials,
+            envelope=sealing,
         )
         port = await controller.start(args.listen, credentials=sec.credentials)
         mode = "mTLS" if sec.credentials is not None else "plaintext, --insecure"
@@ -247,7 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return asyncio.run(serve(args))
-    except (EtcdNotFound, EtcdStartError, StoreUnavailable, CaError, OSError) as exc:
+    except (
+        EtcdNotFound,
+        EtcdStartError,
+        StoreUnavailable,
+        CaError,
+        EnvelopeError,
+        OSError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

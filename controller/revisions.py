@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from controller.errors import (
@@ -183,7 +184,11 @@ class PolicyRepo:
         base: int | None = None,
         file_mode: int | None = None,
         rollback_of: int = 0,
+        prepare: Callable[[str], Awaitable[str]] | None = None,
     ) -> PushOutcome:
+        """Validate and store ``text`` as the next revision.  ``prepare`` turns the
+        validated text into the text stored (the controller moves literal keys into its
+        secret store there: docs/security.md "Secrets")."""
         check_request(
             text,
             max_policy_bytes=self.max_policy_bytes,
@@ -198,6 +203,13 @@ class PolicyRepo:
         current = int(current_kv.value) if current_kv else 0
         if base is not None and base != current:
             raise ConflictError(await self._conflict_message(base, current))
+        if prepare is not None:
+            prepared = await prepare(text)
+            if prepared != text:
+                text = prepared
+                checked = validate(text, filename, None)
+                if not checked.ok:  # the rewrite broke it: a bug, never stored
+                    raise AssertionError("the prepared policy text does not validate")
         digest = sha256_text(text)
         if current:
             have = await self.read(current)
@@ -254,7 +266,13 @@ class PolicyRepo:
         )
 
     async def rollback(
-        self, target: int = 0, *, comment: str = "", author: str = "", base: int | None = None
+        self,
+        target: int = 0,
+        *,
+        comment: str = "",
+        author: str = "",
+        base: int | None = None,
+        prepare: Callable[[str], Awaitable[str]] | None = None,
     ) -> PushOutcome:
         """Make ``target`` (0: the backup, i.e. the previous current) current again."""
         current = await self.resolve(0)
@@ -276,11 +294,25 @@ class PolicyRepo:
             base=current.revision,
             file_mode=0o600,  # it was accepted once; its keys were checked then
             rollback_of=target,
+            prepare=prepare,
         )
 
-    async def diff(self, a: int, b: int, *, show_secrets: bool) -> str:
+    async def diff(
+        self,
+        a: int,
+        b: int,
+        *,
+        show_secrets: bool,
+        reveal: Callable[[str], Awaitable[str]] | None = None,
+    ) -> str:
+        """``reveal``: writes moved literal keys back (``--show-secrets``)."""
         ra, rb = await self.resolve(a), await self.resolve(b)
-        ta, tb = (ra.text, rb.text) if show_secrets else (redact(ra.text), redact(rb.text))
+        if show_secrets:
+            ta, tb = ra.text, rb.text
+            if reveal is not None:
+                ta, tb = await reveal(ta), await reveal(tb)
+        else:
+            ta, tb = redact(ra.text), redact(rb.text)
         return "".join(
             difflib.unified_diff(
                 ta.splitlines(keepends=True),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -53,8 +54,11 @@ from controller.errors import (
     ConflictError,
     ControllerError,
     InputTooLarge,
+    InvalidArgument,
+    NotFound,
     PermissionDenied,
     RevisionNotFound,
+    SecretsUnavailable,
     StoreCompacted,
     StoreOutcomeUnknown,
     StoreRequestTooLarge,
@@ -77,8 +81,19 @@ from controller.limits import (
 from controller.registry import NodeView, Registry
 from controller.retry import request_deadline
 from controller.revisions import PolicyRepo, PushOutcome, Revision, check_request
+from controller.secretstore import (
+    Envelope,
+    EnvelopeError,
+    SecretStore,
+    node_secrets,
+    referenced_secrets,
+)
 from controller.spdcheck import redact, validate
 from controller.store import Store, WatchEvent
+from ipsecd import spd
+from ipsecd.spd.literals import find_literal_keys
+from ipsecd.spd.nodes import NodeInfo
+from ipsecd.spd.secrets import SecretRef
 from ipsecd.v1 import (
     agent_pb2,
     policy_pb2,
@@ -114,7 +129,21 @@ STATUS_OF: dict[type[ControllerError], tuple[grpc.StatusCode, str]] = {
     InputTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, "invalid"),
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "permission-denied"),
     ValidatorUnavailable: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
+    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
+    NotFound: (grpc.StatusCode.NOT_FOUND, "not-found"),
+    SecretsUnavailable: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
+    EnvelopeError: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
 }
+
+#: (revision, directory version, node) -> that node's secrets; cleared when full
+_NODE_SECRETS_CACHE = 8192
+
+
+def _node_info(entry: types_pb2.NodeEntry) -> NodeInfo:
+    return NodeInfo(
+        entry.name, tuple(ipaddress.ip_address(a) for a in entry.addresses), dict(entry.labels)
+    )
+
 
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     # gRPC keepalive: HTTP/2 pings find dead TCP peers; the app-level Ping/Pong in the
@@ -236,15 +265,22 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.c = controller
 
     async def Push(self, request: Any, context: Any) -> policy_pb2.PushResponse:
+        author = _principal().author(request.author)
+        notes: list[str] = []
+
+        async def prepare(text: str) -> str:
+            return await self.c.prepare_text(text, request.filename, author, notes)
+
         outcome = await _guard(
             context,
             self.c.repo.push(
                 request.text,
                 filename=request.filename,
                 comment=request.comment,
-                author=_principal().author(request.author),
+                author=author,
                 base=request.base_revision if request.HasField("base_revision") else None,
                 file_mode=request.file_mode if request.HasField("file_mode") else None,
+                prepare=prepare,
             ),
         )
         if outcome.revision is not None and not outcome.unchanged:
@@ -254,19 +290,77 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 outcome.revision.author,
                 outcome.revision.sha256[:12],
             )
-        return _push_response(outcome)
+        resp = _push_response(outcome)
+        if outcome.accepted:
+            resp.notes.extend(notes)
+        return resp
 
     async def Rollback(self, request: Any, context: Any) -> policy_pb2.PushResponse:
+        author = _principal().author(request.author)
+        notes: list[str] = []
+
+        async def prepare(text: str) -> str:  # an old revision may hold literal keys
+            return await self.c.prepare_text(text, "", author, notes)
+
         outcome = await _guard(
             context,
             self.c.repo.rollback(
                 request.revision,
                 comment=request.comment,
-                author=_principal().author(request.author),
+                author=author,
                 base=request.base_revision if request.HasField("base_revision") else None,
+                prepare=prepare,
             ),
         )
-        return _push_response(outcome)
+        resp = _push_response(outcome)
+        if outcome.accepted:
+            resp.notes.extend(notes)
+        return resp
+
+    # -- the secret store (docs/security.md "Secrets"): values go in, never out --------
+    async def SetSecret(self, request: Any, context: Any) -> policy_pb2.SetSecretResponse:
+        async def work() -> policy_pb2.SetSecretResponse:
+            author = _principal().author("")
+            changed = await self.c.secrets.set(request.name, request.value, author=author)
+            used = await self.c.secret_users(request.name)
+            if changed:
+                _log.info("secret %s set by %s", request.name, author)
+            return policy_pb2.SetSecretResponse(changed=changed, used_by=used)
+
+        return await _guard(context, work())
+
+    async def ListSecrets(self, request: Any, context: Any) -> policy_pb2.ListSecretsResponse:
+        async def work() -> policy_pb2.ListSecretsResponse:
+            in_use = await self.c.current_references()
+            resp = policy_pb2.ListSecretsResponse()
+            for m in await self.c.secrets.list():
+                resp.secrets.add(
+                    name=m.name,
+                    size=m.size,
+                    author=m.author,
+                    updated_unix_ms=m.updated_unix_ms,
+                    literal=m.literal,
+                    in_use=m.name in in_use,
+                )
+            return resp
+
+        return await _guard(context, work())
+
+    async def DeleteSecret(self, request: Any, context: Any) -> policy_pb2.DeleteSecretResponse:
+        async def work() -> policy_pb2.DeleteSecretResponse:
+            used = await self.c.secret_users(request.name)
+            if used and not request.force:
+                raise ConflictError(
+                    f"secret '{request.name}' is used by the current revision "
+                    f"({', '.join(used[:5])}{' ...' if len(used) > 5 else ''}): push a policy "
+                    "without it first, or delete with --force (those connections and SAs "
+                    "then stop on every node that has not kept the value)"
+                )
+            await self.c.secrets.delete(request.name)
+            _log.info("secret %s deleted by %s", request.name, _principal().author(""))
+            return policy_pb2.DeleteSecretResponse()
+
+        return await _guard(context, work())
 
     async def _check_secrets(self, show: bool, context: Any) -> None:
         if not show:
@@ -281,7 +375,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             rev = await self.c.repo.resolve(request.revision)
             current = await self.c.repo.current_number()
             backup = (await self.c.repo.read(current)).base_revision if current else 0
-            text = rev.text if request.show_secrets else redact(rev.text)
+            text = (
+                await self.c.secrets.reveal_literals(rev.text)
+                if request.show_secrets
+                else redact(rev.text)
+            )
             return policy_pb2.GetResponse(
                 meta=_meta(rev),
                 text=text,
@@ -320,7 +418,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Diff(self, request: Any, context: Any) -> policy_pb2.DiffResponse:
         async def work() -> policy_pb2.DiffResponse:
             await self._check_secrets(request.show_secrets, context)
-            text = await self.c.repo.diff(request.a, request.b, show_secrets=request.show_secrets)
+            text = await self.c.repo.diff(
+                request.a,
+                request.b,
+                show_secrets=request.show_secrets,
+                reveal=self.c.secrets.reveal_literals,
+            )
             return policy_pb2.DiffResponse(unified_diff=text, redacted=not request.show_secrets)
 
         return await _guard(context, work())
@@ -352,6 +455,7 @@ class Controller:
         *,
         authorizer: Authorizer | None = None,
         peer_credentials: grpc.ChannelCredentials | None = None,
+        envelope: Envelope | None = None,
     ) -> None:
         self.store = store
         self.peer_credentials = peer_credentials  # replica -> replica (status forwarding)
@@ -359,6 +463,10 @@ class Controller:
         self.keys = Keys(config.key_root)
         self.repo = PolicyRepo(store, self.keys, max_policy_bytes=config.max_policy_bytes)
         self.hub = Hub(config.replica_id)
+        self.secrets = SecretStore(store, self.keys, envelope)
+        self._parsed: tuple[int, spd.Policy] | None = None  # the last revision parsed
+        self._node_secrets: dict[tuple[int, int, str], dict[str, bytes]] = {}
+        self._values: dict[int, dict[str, bytes]] = {}  # revision -> its secrets' values
         self.view = NodeView(self.keys)
         self.registry = Registry(
             store,
@@ -408,7 +516,12 @@ class Controller:
                             self._connect,
                             request_deserializer=_parse_agent_message,
                             response_serializer=None,  # bytes pass through: serialized once
-                        )
+                        ),
+                        "FetchSecrets": grpc.unary_unary_rpc_method_handler(
+                            self._fetch_secrets,
+                            request_deserializer=agent_pb2.SecretsRequest.FromString,
+                            response_serializer=agent_pb2.SecretsReply.SerializeToString,
+                        ),
                     },
                 ),
             )
@@ -520,14 +633,27 @@ class Controller:
 
     async def _on_registry_events(self, events: list[WatchEvent]) -> None:
         policy = self.keys.root + "policy/"
+        secrets = self.keys.secrets
+        changed = 0
         for ev in events:
             if ev.key.startswith(policy):
+                continue
+            if ev.key.startswith(secrets):
+                changed = max(changed, ev.mod_revision)
                 continue
             if ev.key == self.keys.leader:
                 if ev.value is None:
                     self._campaign.set()
             else:
                 self.view.apply(ev)
+        if changed:
+            self._node_secrets.clear()
+            self._values.clear()
+            notice = agent_pb2.ControllerMessage(
+                secrets_changed=agent_pb2.SecretsChanged(generation=changed)
+            ).SerializeToString()
+            for stream in self.hub.streams.values():
+                stream.offer_control(notice)
 
     # -- lease, election, leader work --------------------------------------------------
     async def _lease_loop(self) -> None:
@@ -650,6 +776,110 @@ class Controller:
                         stream.serial,
                     )
                     stream.close(kill=True, reason="the node's certificate was revoked")
+
+    # -- secrets ----------------------------------------------------------------------
+    async def prepare_text(self, text: str, filename: str, author: str, notes: list[str]) -> str:
+        """A validated policy about to be stored: its literal keys moved into the secret
+        store (docs/security.md "Secrets"), and a note for each reference the store
+        does not hold."""
+        stored = await self.secrets.intern_literals(text, filename or "<push>", author=author)
+        if stored is not text:
+            moved = len(find_literal_keys(text, filename or "<push>"))
+            notes.append(
+                f"{moved} literal key(s) moved into the secret store; the stored revision "
+                "names them as secret:lit-..."
+            )
+        if self.secrets.enabled:
+            policy = spd.load_text(stored, filename or "<push>")
+            names = referenced_secrets(policy)
+            have = await self.secrets.get_many(names)
+            for name in sorted(names - have.keys()):
+                notes.append(
+                    f"secret '{name}' is not in the secret store: `ipsecctl secret set "
+                    f"{name}`, or every node that uses it needs it in its --secrets file"
+                )
+        return stored
+
+    async def _policy(self, revision: int) -> tuple[int, spd.Policy]:
+        rev = await self.repo.resolve(revision)
+        if self._parsed is None or self._parsed[0] != rev.revision:
+            self._parsed = (rev.revision, spd.load_text(rev.text, f"revision {rev.revision}"))
+        return self._parsed
+
+    async def current_references(self) -> set[str]:
+        try:
+            return referenced_secrets((await self._policy(0))[1])
+        except RevisionNotFound:
+            return set()
+
+    async def secret_users(self, name: str) -> list[str]:
+        """Connections and SAs of the current revision that name ``name``."""
+        try:
+            policy = (await self._policy(0))[1]
+        except RevisionNotFound:
+            return []
+        ref = SecretRef(name)
+        users = [f"connection {c.name}" for c in policy.connections if c.auth.psk == ref]
+        users += [
+            f"sa {sa.proto.value} 0x{sa.spi:x}"
+            for sa in policy.sas
+            if ref in (sa.enc_key, sa.auth_key)
+        ]
+        return users
+
+    async def node_secret_values(self, node: str, revision: int) -> tuple[int, dict[str, bytes]]:
+        """What ``node`` receives for ``revision`` (0: current): controller/secretstore.py
+        ``node_secrets`` over the node's own compiled configuration."""
+        number, policy = await self._policy(revision)
+        key = (number, self.hub.directory_version, node)
+        cached = self._node_secrets.get(key)
+        if cached is not None:
+            return number, cached
+        values = self._values.get(number)
+        if values is None:
+            names = referenced_secrets(policy)
+            values = await self.secrets.get_many(names) if names else {}
+            self._values = {number: values}
+        out: dict[str, bytes] = {}
+        if values:
+            directory = [_node_info(e) for e in self.hub.directory_message.nodes]
+            me = next((n for n in directory if n.name == node), None)
+            if me is None:
+                rec = self.view.records.get(node)
+                if rec is None:
+                    raise NotFound(f"node '{node}' is not in the node directory")
+                me = _node_info(
+                    types_pb2.NodeEntry(
+                        name=node, addresses=rec.get("addresses", []), labels=rec.get("labels", {})
+                    )
+                )
+                directory.append(me)
+            try:
+                cfg = spd.compile_node(policy, me, directory)
+            except spd.SpdError as exc:
+                raise InvalidArgument(f"revision {number} for node {node}: {exc}") from None
+            out = node_secrets(cfg, values)
+        if len(self._node_secrets) >= _NODE_SECRETS_CACHE:
+            self._node_secrets.clear()
+        self._node_secrets[key] = out
+        return number, out
+
+    async def _fetch_secrets(self, request: Any, context: Any) -> agent_pb2.SecretsReply:
+        principal = _principal()
+        try:
+            self.authorizer.check_node(principal, request.node)
+        except Denied as exc:
+            _log.warning("FetchSecrets from %s: %s", context.peer(), exc.message)
+            context.set_trailing_metadata((("ipsecd-error", "permission-denied"),))
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable") from None
+
+        async def work() -> agent_pb2.SecretsReply:
+            number, values = await self.node_secret_values(request.node, request.revision)
+            kv = await self.store.get_prefix(self.keys.secrets, limit=1)
+            return agent_pb2.SecretsReply(revision=number, secrets=values, generation=kv[1])
+
+        return await _guard(context, work())
 
     # -- agent streams ----------------------------------------------------------------
     async def _connect(self, request_iterator: Any, context: Any) -> None:

@@ -136,6 +136,9 @@ class IkeConnection:
     auth_key: str | None = None
     send_cert: str = "always"
     legacy_auth: bool = False
+    #: the node this connection was compiled for: with ``peer`` it names the pair whose
+    #: own pre-shared key is derived from ``psk`` (docs/security.md "Per-pair keys")
+    local_node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +578,7 @@ class _Ctx:
             auth_key=c.auth.key,
             send_cert=c.auth.send_cert,
             legacy_auth=c.auth.legacy,
+            local_node=self.node.name,
         )
 
     def _connection_policies(self, p: _Pending, reqid: int) -> None:

@@ -1,11 +1,24 @@
-"""Secret values: literal keys that never show themselves, and ``secret:NAME`` references."""
+"""Secret values: literal keys that never show themselves, ``secret:NAME`` references,
+and the per-node-pair pre-shared keys derived from them (docs/security.md "Secrets")."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 
-__all__ = ["REDACTED", "KeyMaterial", "Secret", "SecretRef"]
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "PAIR_KEY_BYTES",
+    "REDACTED",
+    "KeyMaterial",
+    "Secret",
+    "SecretRef",
+    "pair_key",
+    "pair_slot",
+    "split_pair_slot",
+]
 
 REDACTED = "<redacted>"
 
@@ -49,3 +62,32 @@ class SecretRef:
 
 
 KeyMaterial = Secret | SecretRef
+
+
+PAIR_KEY_BYTES = 32
+_PAIR_SALT = b"ipsecd pair psk v1"
+
+
+def pair_key(root: bytes, secret: str, node_a: str, node_b: str) -> bytes:
+    """The pre-shared key of one pair of cluster nodes for the connection keyed by
+    ``secret`` (docs/security.md "Per-pair keys"): HKDF-SHA256 over the SPD's key with
+    both node names, in sorted order so both ends derive the same bytes.  Whoever holds
+    a pair key learns nothing of the root or of another pair's key, so a compromised
+    node exposes only its own pairs.  ``secret`` (the ``secret:NAME`` name, or ``""``
+    for a literal key) separates connections that share one root."""
+    first, second = sorted((node_a, node_b))
+    info = b"\0".join((secret.encode(), first.encode(), second.encode()))
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=PAIR_KEY_BYTES, salt=_PAIR_SALT, info=info)
+    return hkdf.derive(root)
+
+
+def pair_slot(secret: str, peer: str) -> str:
+    """The name under which an agent holds the pair key of ``secret`` with ``peer``
+    (secret names never contain ``@``: docs/spd.md "Keys")."""
+    return f"{secret}@{peer}"
+
+
+def split_pair_slot(slot: str) -> tuple[str, str] | None:
+    """``(secret, peer)`` of a :func:`pair_slot` name, None for a plain name."""
+    secret, sep, peer = slot.partition("@")
+    return (secret, peer) if sep and secret and peer else None

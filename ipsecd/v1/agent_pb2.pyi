@@ -7,6 +7,31 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SecretsRequest(_message.Message):
+    __slots__ = ("node", "revision")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    revision: int
+    def __init__(self, node: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class SecretsReply(_message.Message):
+    __slots__ = ("revision", "secrets", "generation")
+    class SecretsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    secrets: _containers.ScalarMap[str, bytes]
+    generation: int
+    def __init__(self, revision: _Optional[int] = ..., secrets: _Optional[_Mapping[str, bytes]] = ..., generation: _Optional[int] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "ack", "status", "answer", "pong")
     HELLO_FIELD_NUMBER: _ClassVar[int]
@@ -69,20 +94,22 @@ class Pong(_message.Message):
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("snapshot", "update", "directory", "query", "ping", "resume")
+    __slots__ = ("snapshot", "update", "directory", "query", "ping", "resume", "secrets_changed")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     update: PolicyUpdate
     directory: NodeDirectory
     query: Query
     ping: Ping
     resume: Resume
-    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[PolicyUpdate, _Mapping]] = ..., directory: _Optional[_Union[NodeDirectory, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+    secrets_changed: SecretsChanged
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[PolicyUpdate, _Mapping]] = ..., directory: _Optional[_Union[NodeDirectory, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., secrets_changed: _Optional[_Union[SecretsChanged, _Mapping]] = ...) -> None: ...
 
 class PolicyRevision(_message.Message):
     __slots__ = ("revision", "sha256", "text", "created_unix_ms", "policy_digest")
@@ -141,3 +168,9 @@ class Ping(_message.Message):
     NONCE_FIELD_NUMBER: _ClassVar[int]
     nonce: int
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
+
+class SecretsChanged(_message.Message):
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...

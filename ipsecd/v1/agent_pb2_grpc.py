@@ -43,6 +43,11 @@ class AgentServiceStub:
                 request_serializer=ipsecd_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=ipsecd_dot_v1_dot_agent__pb2.ControllerMessage.FromString,
                 _registered_method=True)
+        self.FetchSecrets = channel.unary_unary(
+                '/ipsecd.v1.AgentService/FetchSecrets',
+                request_serializer=ipsecd_dot_v1_dot_agent__pb2.SecretsRequest.SerializeToString,
+                response_deserializer=ipsecd_dot_v1_dot_agent__pb2.SecretsReply.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -58,6 +63,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchSecrets(self, request, context):
+        """The secrets of one revision for the caller's own node only (docs/security.md
+        "Secrets"): its manual SAs' keys, its external peers' PSKs, and one derived key
+        per cluster peer.  Another node's name is PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +79,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=ipsecd_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=ipsecd_dot_v1_dot_agent__pb2.ControllerMessage.SerializeToString,
+            ),
+            'FetchSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchSecrets,
+                    request_deserializer=ipsecd_dot_v1_dot_agent__pb2.SecretsRequest.FromString,
+                    response_serializer=ipsecd_dot_v1_dot_agent__pb2.SecretsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -98,6 +117,33 @@ class AgentService:
             '/ipsecd.v1.AgentService/Connect',
             ipsecd_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
             ipsecd_dot_v1_dot_agent__pb2.ControllerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ipsecd.v1.AgentService/FetchSecrets',
+            ipsecd_dot_v1_dot_agent__pb2.SecretsRequest.SerializeToString,
+            ipsecd_dot_v1_dot_agent__pb2.SecretsReply.FromString,
             options,
             channel_credentials,
             insecure,

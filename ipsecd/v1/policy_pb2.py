@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ipsecd.v1 import types_pb2 as ipsecd_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ipsecd/v1/policy.proto\x12\tipsecd.v1\x1a\x15ipsecd/v1/types.proto\"\xa2\x01\n\x0bPushRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x1a\n\rbase_revision\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06\x61uthor\x18\x05 \x01(\t\x12\x16\n\tfile_mode\x18\x06 \x01(\rH\x01\x88\x01\x01\x42\x10\n\x0e_base_revisionB\x0c\n\n_file_mode\"\x8a\x01\n\x0cPushResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12)\n\x08revision\x18\x02 \x01(\x0b\x32\x17.ipsecd.v1.RevisionMeta\x12*\n\x0b\x64iagnostics\x18\x03 \x03(\x0b\x32\x15.ipsecd.v1.Diagnostic\x12\x11\n\tunchanged\x18\x04 \x01(\x08\"4\n\nGetRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0cshow_secrets\x18\x02 \x01(\x08\"\x87\x01\n\x0bGetResponse\x12%\n\x04meta\x18\x01 \x01(\x0b\x32\x17.ipsecd.v1.RevisionMeta\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08redacted\x18\x03 \x01(\x08\x12\x18\n\x10\x63urrent_revision\x18\x04 \x01(\x04\x12\x17\n\x0f\x62\x61\x63kup_revision\x18\x05 \x01(\x04\"W\n\x0fValidateRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x16\n\tfile_mode\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x0c\n\n_file_mode\"J\n\x10ValidateResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12*\n\x0b\x64iagnostics\x18\x02 \x03(\x0b\x32\x15.ipsecd.v1.Diagnostic\"\x1f\n\x0eHistoryRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"W\n\x0fHistoryResponse\x12*\n\trevisions\x18\x01 \x03(\x0b\x32\x17.ipsecd.v1.RevisionMeta\x12\x18\n\x10\x63urrent_revision\x18\x02 \x01(\x04\"9\n\x0b\x44iffRequest\x12\t\n\x01\x61\x18\x01 \x01(\x04\x12\t\n\x01\x62\x18\x02 \x01(\x04\x12\x14\n\x0cshow_secrets\x18\x03 \x01(\x08\"6\n\x0c\x44iffResponse\x12\x14\n\x0cunified_diff\x18\x01 \x01(\t\x12\x10\n\x08redacted\x18\x02 \x01(\x08\"r\n\x0fRollbackRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x1a\n\rbase_revision\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_base_revision2\xff\x02\n\rPolicyService\x12\x37\n\x04Push\x12\x16.ipsecd.v1.PushRequest\x1a\x17.ipsecd.v1.PushResponse\x12\x34\n\x03Get\x12\x15.ipsecd.v1.GetRequest\x1a\x16.ipsecd.v1.GetResponse\x12\x43\n\x08Validate\x12\x1a.ipsecd.v1.ValidateRequest\x1a\x1b.ipsecd.v1.ValidateResponse\x12@\n\x07History\x12\x19.ipsecd.v1.HistoryRequest\x1a\x1a.ipsecd.v1.HistoryResponse\x12\x37\n\x04\x44iff\x12\x16.ipsecd.v1.DiffRequest\x1a\x17.ipsecd.v1.DiffResponse\x12?\n\x08Rollback\x12\x1a.ipsecd.v1.RollbackRequest\x1a\x17.ipsecd.v1.PushResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ipsecd/v1/policy.proto\x12\tipsecd.v1\x1a\x15ipsecd/v1/types.proto\"\xa2\x01\n\x0bPushRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x1a\n\rbase_revision\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06\x61uthor\x18\x05 \x01(\t\x12\x16\n\tfile_mode\x18\x06 \x01(\rH\x01\x88\x01\x01\x42\x10\n\x0e_base_revisionB\x0c\n\n_file_mode\"\x99\x01\n\x0cPushResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12)\n\x08revision\x18\x02 \x01(\x0b\x32\x17.ipsecd.v1.RevisionMeta\x12*\n\x0b\x64iagnostics\x18\x03 \x03(\x0b\x32\x15.ipsecd.v1.Diagnostic\x12\x11\n\tunchanged\x18\x04 \x01(\x08\x12\r\n\x05notes\x18\x05 \x03(\t\"4\n\nGetRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0cshow_secrets\x18\x02 \x01(\x08\"\x87\x01\n\x0bGetResponse\x12%\n\x04meta\x18\x01 \x01(\x0b\x32\x17.ipsecd.v1.RevisionMeta\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08redacted\x18\x03 \x01(\x08\x12\x18\n\x10\x63urrent_revision\x18\x04 \x01(\x04\x12\x17\n\x0f\x62\x61\x63kup_revision\x18\x05 \x01(\x04\"W\n\x0fValidateRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x16\n\tfile_mode\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x0c\n\n_file_mode\"J\n\x10ValidateResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12*\n\x0b\x64iagnostics\x18\x02 \x03(\x0b\x32\x15.ipsecd.v1.Diagnostic\"\x1f\n\x0eHistoryRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"W\n\x0fHistoryResponse\x12*\n\trevisions\x18\x01 \x03(\x0b\x32\x17.ipsecd.v1.RevisionMeta\x12\x18\n\x10\x63urrent_revision\x18\x02 \x01(\x04\"9\n\x0b\x44iffRequest\x12\t\n\x01\x61\x18\x01 \x01(\x04\x12\t\n\x01\x62\x18\x02 \x01(\x04\x12\x14\n\x0cshow_secrets\x18\x03 \x01(\x08\"6\n\x0c\x44iffResponse\x12\x14\n\x0cunified_diff\x18\x01 \x01(\t\x12\x10\n\x08redacted\x18\x02 \x01(\x08\"r\n\x0fRollbackRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x1a\n\rbase_revision\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_base_revision\"/\n\x10SetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"5\n\x11SetSecretResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x0f\n\x07used_by\x18\x02 \x03(\t\"\x14\n\x12ListSecretsRequest\"r\n\nSecretInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x17\n\x0fupdated_unix_ms\x18\x04 \x01(\x03\x12\x0f\n\x07literal\x18\x05 \x01(\x08\x12\x0e\n\x06in_use\x18\x06 \x01(\x08\"=\n\x13ListSecretsResponse\x12&\n\x07secrets\x18\x01 \x03(\x0b\x32\x15.ipsecd.v1.SecretInfo\"2\n\x13\x44\x65leteSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x16\n\x14\x44\x65leteSecretResponse2\xe6\x04\n\rPolicyService\x12\x37\n\x04Push\x12\x16.ipsecd.v1.PushRequest\x1a\x17.ipsecd.v1.PushResponse\x12\x34\n\x03Get\x12\x15.ipsecd.v1.GetRequest\x1a\x16.ipsecd.v1.GetResponse\x12\x43\n\x08Validate\x12\x1a.ipsecd.v1.ValidateRequest\x1a\x1b.ipsecd.v1.ValidateResponse\x12@\n\x07History\x12\x19.ipsecd.v1.HistoryRequest\x1a\x1a.ipsecd.v1.HistoryResponse\x12\x37\n\x04\x44iff\x12\x16.ipsecd.v1.DiffRequest\x1a\x17.ipsecd.v1.DiffResponse\x12?\n\x08Rollback\x12\x1a.ipsecd.v1.RollbackRequest\x1a\x17.ipsecd.v1.PushResponse\x12\x46\n\tSetSecret\x12\x1b.ipsecd.v1.SetSecretRequest\x1a\x1c.ipsecd.v1.SetSecretResponse\x12L\n\x0bListSecrets\x12\x1d.ipsecd.v1.ListSecretsRequest\x1a\x1e.ipsecd.v1.ListSecretsResponse\x12O\n\x0c\x44\x65leteSecret\x12\x1e.ipsecd.v1.DeleteSecretRequest\x1a\x1f.ipsecd.v1.DeleteSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUSHREQUEST']._serialized_start=61
   _globals['_PUSHREQUEST']._serialized_end=223
   _globals['_PUSHRESPONSE']._serialized_start=226
-  _globals['_PUSHRESPONSE']._serialized_end=364
-  _globals['_GETREQUEST']._serialized_start=366
-  _globals['_GETREQUEST']._serialized_end=418
-  _globals['_GETRESPONSE']._serialized_start=421
-  _globals['_GETRESPONSE']._serialized_end=556
-  _globals['_VALIDATEREQUEST']._serialized_start=558
-  _globals['_VALIDATEREQUEST']._serialized_end=645
-  _globals['_VALIDATERESPONSE']._serialized_start=647
-  _globals['_VALIDATERESPONSE']._serialized_end=721
-  _globals['_HISTORYREQUEST']._serialized_start=723
-  _globals['_HISTORYREQUEST']._serialized_end=754
-  _globals['_HISTORYRESPONSE']._serialized_start=756
-  _globals['_HISTORYRESPONSE']._serialized_end=843
-  _globals['_DIFFREQUEST']._serialized_start=845
-  _globals['_DIFFREQUEST']._serialized_end=902
-  _globals['_DIFFRESPONSE']._serialized_start=904
-  _globals['_DIFFRESPONSE']._serialized_end=958
-  _globals['_ROLLBACKREQUEST']._serialized_start=960
-  _globals['_ROLLBACKREQUEST']._serialized_end=1074
-  _globals['_POLICYSERVICE']._serialized_start=1077
-  _globals['_POLICYSERVICE']._serialized_end=1460
+  _globals['_PUSHRESPONSE']._serialized_end=379
+  _globals['_GETREQUEST']._serialized_start=381
+  _globals['_GETREQUEST']._serialized_end=433
+  _globals['_GETRESPONSE']._serialized_start=436
+  _globals['_GETRESPONSE']._serialized_end=571
+  _globals['_VALIDATEREQUEST']._serialized_start=573
+  _globals['_VALIDATEREQUEST']._serialized_end=660
+  _globals['_VALIDATERESPONSE']._serialized_start=662
+  _globals['_VALIDATERESPONSE']._serialized_end=736
+  _globals['_HISTORYREQUEST']._serialized_start=738
+  _globals['_HISTORYREQUEST']._serialized_end=769
+  _globals['_HISTORYRESPONSE']._serialized_start=771
+  _globals['_HISTORYRESPONSE']._serialized_end=858
+  _globals['_DIFFREQUEST']._serialized_start=860
+  _globals['_DIFFREQUEST']._serialized_end=917
+  _globals['_DIFFRESPONSE']._serialized_start=919
+  _globals['_DIFFRESPONSE']._serialized_end=973
+  _globals['_ROLLBACKREQUEST']._serialized_start=975
+  _globals['_ROLLBACKREQUEST']._serialized_end=1089
+  _globals['_SETSECRETREQUEST']._serialized_start=1091
+  _globals['_SETSECRETREQUEST']._serialized_end=1138
+  _globals['_SETSECRETRESPONSE']._serialized_start=1140
+  _globals['_SETSECRETRESPONSE']._serialized_end=1193
+  _globals['_LISTSECRETSREQUEST']._serialized_start=1195
+  _globals['_LISTSECRETSREQUEST']._serialized_end=1215
+  _globals['_SECRETINFO']._serialized_start=1217
+  _globals['_SECRETINFO']._serialized_end=1331
+  _globals['_LISTSECRETSRESPONSE']._serialized_start=1333
+  _globals['_LISTSECRETSRESPONSE']._serialized_end=1394
+  _globals['_DELETESECRETREQUEST']._serialized_start=1396
+  _globals['_DELETESECRETREQUEST']._serialized_end=1446
+  _globals['_DELETESECRETRESPONSE']._serialized_start=1448
+  _globals['_DELETESECRETRESPONSE']._serialized_end=1470
+  _globals['_POLICYSERVICE']._serialized_start=1473
+  _globals['_POLICYSERVICE']._serialized_end=2087
 # @@protoc_insertion_point(module_scope)

@@ -24,16 +24,18 @@ class PushRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., filename: _Optional[str] = ..., comment: _Optional[str] = ..., base_revision: _Optional[int] = ..., author: _Optional[str] = ..., file_mode: _Optional[int] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("accepted", "revision", "diagnostics", "unchanged")
+    __slots__ = ("accepted", "revision", "diagnostics", "unchanged", "notes")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     revision: _types_pb2.RevisionMeta
     diagnostics: _containers.RepeatedCompositeFieldContainer[_types_pb2.Diagnostic]
     unchanged: bool
-    def __init__(self, accepted: _Optional[bool] = ..., revision: _Optional[_Union[_types_pb2.RevisionMeta, _Mapping]] = ..., diagnostics: _Optional[_Iterable[_Union[_types_pb2.Diagnostic, _Mapping]]] = ..., unchanged: _Optional[bool] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, accepted: _Optional[bool] = ..., revision: _Optional[_Union[_types_pb2.RevisionMeta, _Mapping]] = ..., diagnostics: _Optional[_Iterable[_Union[_types_pb2.Diagnostic, _Mapping]]] = ..., unchanged: _Optional[bool] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("revision", "show_secrets")
@@ -118,3 +120,57 @@ class RollbackRequest(_message.Message):
     author: str
     base_revision: int
     def __init__(self, revision: _Optional[int] = ..., comment: _Optional[str] = ..., author: _Optional[str] = ..., base_revision: _Optional[int] = ...) -> None: ...
+
+class SetSecretRequest(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: bytes
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class SetSecretResponse(_message.Message):
+    __slots__ = ("changed", "used_by")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    USED_BY_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    used_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, changed: _Optional[bool] = ..., used_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListSecretsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SecretInfo(_message.Message):
+    __slots__ = ("name", "size", "author", "updated_unix_ms", "literal", "in_use")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LITERAL_FIELD_NUMBER: _ClassVar[int]
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    author: str
+    updated_unix_ms: int
+    literal: bool
+    in_use: bool
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., author: _Optional[str] = ..., updated_unix_ms: _Optional[int] = ..., literal: _Optional[bool] = ..., in_use: _Optional[bool] = ...) -> None: ...
+
+class ListSecretsResponse(_message.Message):
+    __slots__ = ("secrets",)
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    secrets: _containers.RepeatedCompositeFieldContainer[SecretInfo]
+    def __init__(self, secrets: _Optional[_Iterable[_Union[SecretInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteSecretRequest(_message.Message):
+    __slots__ = ("name", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DeleteSecretResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -70,6 +70,21 @@ class PolicyServiceStub:
                 request_serializer=ipsecd_dot_v1_dot_policy__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=ipsecd_dot_v1_dot_policy__pb2.PushResponse.FromString,
                 _registered_method=True)
+        self.SetSecret = channel.unary_unary(
+                '/ipsecd.v1.PolicyService/SetSecret',
+                request_serializer=ipsecd_dot_v1_dot_policy__pb2.SetSecretRequest.SerializeToString,
+                response_deserializer=ipsecd_dot_v1_dot_policy__pb2.SetSecretResponse.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/ipsecd.v1.PolicyService/ListSecrets',
+                request_serializer=ipsecd_dot_v1_dot_policy__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=ipsecd_dot_v1_dot_policy__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/ipsecd.v1.PolicyService/DeleteSecret',
+                request_serializer=ipsecd_dot_v1_dot_policy__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=ipsecd_dot_v1_dot_policy__pb2.DeleteSecretResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -117,6 +132,25 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSecret(self, request, context):
+        """The secret store (docs/security.md "Secrets"): values go in, never out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +183,21 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=ipsecd_dot_v1_dot_policy__pb2.RollbackRequest.FromString,
                     response_serializer=ipsecd_dot_v1_dot_policy__pb2.PushResponse.SerializeToString,
+            ),
+            'SetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSecret,
+                    request_deserializer=ipsecd_dot_v1_dot_policy__pb2.SetSecretRequest.FromString,
+                    response_serializer=ipsecd_dot_v1_dot_policy__pb2.SetSecretResponse.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=ipsecd_dot_v1_dot_policy__pb2.ListSecretsRequest.FromString,
+                    response_serializer=ipsecd_dot_v1_dot_policy__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=ipsecd_dot_v1_dot_policy__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=ipsecd_dot_v1_dot_policy__pb2.DeleteSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +368,87 @@ class PolicyService:
             '/ipsecd.v1.PolicyService/Rollback',
             ipsecd_dot_v1_dot_policy__pb2.RollbackRequest.SerializeToString,
             ipsecd_dot_v1_dot_policy__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ipsecd.v1.PolicyService/SetSecret',
+            ipsecd_dot_v1_dot_policy__pb2.SetSecretRequest.SerializeToString,
+            ipsecd_dot_v1_dot_policy__pb2.SetSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ipsecd.v1.PolicyService/ListSecrets',
+            ipsecd_dot_v1_dot_policy__pb2.ListSecretsRequest.SerializeToString,
+            ipsecd_dot_v1_dot_policy__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ipsecd.v1.PolicyService/DeleteSecret',
+            ipsecd_dot_v1_dot_policy__pb2.DeleteSecretRequest.SerializeToString,
+            ipsecd_dot_v1_dot_policy__pb2.DeleteSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -104,6 +104,7 @@ async def test_external_etcd_and_bad_etcd_is_a_one_line_error(
         capture_output=True, text=True, timeout=60, env={**os.environ},
     )  # fmt: skip
     assert dead.returncode == 1
-    warning, error = dead.stderr.splitlines()
+    warning, no_envelope, error = dead.stderr.splitlines()
     assert "WARNING" in warning and "--insecure: plaintext gRPC" in warning  # every start
+    assert "WARNING" in no_envelope and "no envelope key" in no_envelope
     assert error.startswith("error: etcd at 127.0.0.1:") and "Traceback" not in dead.stderr

@@ -20,6 +20,7 @@ from agent.writer import ReqidAllocator, child_states
 from ipsecd import spd, xfrm
 from ipsecd.ike import ChildSaEstablished, IkeConfig, Mode
 from ipsecd.ike.constants import EncrId, IntegId, ProtocolId
+from ipsecd.spd.secrets import pair_key
 
 SPD = """
 defaults { policy discard; ecn on; dfbit clear; }
@@ -48,7 +49,9 @@ def test_psk_connection_becomes_an_engine_config() -> None:
     conn = by_name(compiled(), "mesh/")
     got = ike_config(conn, {})
     assert isinstance(got, IkeConfig)
-    assert got.name == conn.name and got.psk == b"psk-0123456789abcdef"
+    # two cluster nodes: the pair's own key, derived from the SPD's (docs/security.md)
+    assert got.name == conn.name and got.psk != b"psk-0123456789abcdef"
+    assert got.psk == pair_key(b"psk-0123456789abcdef", "", conn.local_node, conn.peer)
     assert got.local_address == "192.0.2.1" and got.remote_address == "192.0.2.2"
     assert str(got.remote_id) == "192.0.2.2"
     assert got.child.mode == Mode.TRANSPORT and got.child.lifetime == 1200.0

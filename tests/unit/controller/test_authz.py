@@ -55,11 +55,17 @@ def _rpcs() -> set[str]:
 def test_the_table_covers_every_rpc_and_nothing_else() -> None:
     assert set(METHOD_ROLES) == _rpcs()
     # the rules, spelled out
-    writes = {"/ipsecd.v1.PolicyService/Push", "/ipsecd.v1.PolicyService/Rollback"}
+    writes = {
+        "/ipsecd.v1.PolicyService/Push",
+        "/ipsecd.v1.PolicyService/Rollback",
+        "/ipsecd.v1.PolicyService/SetSecret",
+        "/ipsecd.v1.PolicyService/DeleteSecret",
+    }
+    node_only = {"/ipsecd.v1.AgentService/Connect", "/ipsecd.v1.AgentService/FetchSecrets"}
     for method, roles in METHOD_ROLES.items():
         if method in writes:
             assert roles == {Role.ADMIN}, method
-        elif method == "/ipsecd.v1.AgentService/Connect":
+        elif method in node_only:
             assert roles == {Role.NODE}
         else:  # reads: admin and viewer, never a node
             assert {Role.ADMIN, Role.VIEWER} <= roles and Role.NODE not in roles, method
