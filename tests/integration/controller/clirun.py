@@ -28,6 +28,7 @@ async def ipsecctl(
     config: Path | None = None,
     insecure: bool | None = None,
     env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
 ) -> Result:
     """``ipsecctl ARGS``; ``insecure`` (default: when no ``config`` is given) adds
     ``--insecure`` and takes its warning off ``err`` after checking it is there."""
@@ -48,12 +49,13 @@ async def ipsecctl(
         "controller.cli",
         *extra,
         *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=environ,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()

@@ -19,6 +19,7 @@ from agent.stream import (
 from controller.embedded_etcd import free_port
 from controller.etcd_store import EtcdStore
 from controller.main import Security
+from controller.secretstore import Envelope
 from controller.server import Controller, ControllerConfig
 from ipsecd.v1 import types_pb2
 
@@ -38,6 +39,7 @@ async def start_controller(
     *,
     store_options: dict[str, float] | None = None,
     security: Security | None = None,
+    envelope: Envelope | None = None,
     **cfg: Any,
 ) -> Controller:
     """A controller on real etcd; ``store_options`` go to :meth:`EtcdStore.connect`
@@ -50,7 +52,7 @@ async def start_controller(
         replica_id=replica_id, advertise=f"127.0.0.1:{port}", key_root=key_root, **options
     )
     if security is None:
-        controller = Controller(store, config)
+        controller = Controller(store, config, envelope=envelope)
         await controller.start(f"127.0.0.1:{port}")
     else:
         controller = Controller(
@@ -58,6 +60,7 @@ async def start_controller(
             config,
             authorizer=security.authorizer,
             peer_credentials=security.peer_credentials,
+            envelope=envelope,
         )
         await controller.start(f"127.0.0.1:{port}", credentials=security.credentials)
     await asyncio.wait_for(controller.watch_synced.wait(), 10)
