@@ -415,7 +415,9 @@ async def test_charon_ecdsa_and_rsa_chains_both_roles_in_ike_fragments(
                 },
             )
             ours, theirs = [await asyncio.to_thread(c.stop) for c in caps]
-            check_captures("charon", ours, theirs, ix, results)
+            check_captures(
+                "charon", ours, theirs, ix, results, dropped=sum(c.dropped or 0 for c in caps)
+            )
             check_wire("charon", ours, theirs, [Wire(a.addr4, b.addr4), Wire(a.addr6, b.addr6)])
             log = charon.log_text()
             for conn, who, scheme in (
@@ -505,7 +507,9 @@ async def test_pluto_rsa_chains_from_nss_both_roles(
             )
             print(f"[pluto] our status: pluto authenticated with {schemes}")
             ours, theirs = [await asyncio.to_thread(c.stop) for c in caps]
-            check_captures("pluto", ours, theirs, ix, results)
+            check_captures(
+                "pluto", ours, theirs, ix, results, dropped=sum(c.dropped or 0 for c in caps)
+            )
             wires = [Wire(a.addr4, b.addr4, PLUTO_FRAGMENT[4]),
                      Wire(a.addr6, b.addr6, PLUTO_FRAGMENT[6])]  # fmt: skip
             check_wire("pluto", ours, theirs, wires)
@@ -598,7 +602,9 @@ async def test_iked_ecdsa_chains_both_roles(
                 ix.daemon, {lk.conn: ("ecdsa-sha256", lab.iked_ecdsa.subject) for lk in links}
             )
             ours, theirs = [await asyncio.to_thread(c.stop) for c in caps]
-            check_captures("iked", ours, theirs, ix, results)
+            check_captures(
+                "iked", ours, theirs, ix, results, dropped=sum(c.dropped or 0 for c in caps)
+            )
             # iked's IKE_AUTH response over IPv6 (~1,260 bytes with its chain) fits
             # its 1,280 bytes: one datagram
             wires = [Wire(a.addr4, b.addr4, IKED_FRAGMENT[4]),
