@@ -164,6 +164,22 @@ def mtls_security(state_dir: Path) -> Security:
     )
 
 
+def certificate_names(host: str, names: tuple[str, ...]) -> bool:
+    """Whether a certificate naming ``names`` is valid for ``host``: an exact name or
+    address, or a wildcard for the leftmost label (``*.peers.ns.svc.cluster.local``
+    names ``ctl-0.peers.ns.svc.cluster.local``, as the Helm chart's replicas advertise:
+    charts/ipsecd/README.md), as gRPC's TLS checks it."""
+    host = host.strip("[]").rstrip(".").lower()
+    for name in names:
+        name = name.rstrip(".").lower()
+        if name == host:
+            return True
+        first, dot, rest = host.partition(".")
+        if name.startswith("*.") and dot and first and name[2:] == rest:
+            return True
+    return False
+
+
 def security(args: argparse.Namespace) -> Security:
     """mTLS from the state directory, or plaintext with ``--insecure`` (a warning on
     every start)."""
@@ -178,7 +194,7 @@ def security(args: argparse.Namespace) -> Security:
     sec = mtls_security(Path(args.state_dir))
     for address in filter(None, [args.listen, args.advertise]):
         host = split_hostport(address)[0]
-        if host not in ("", "0.0.0.0", "::") and host not in sec.names:
+        if host not in ("", "0.0.0.0", "::") and not certificate_names(host, sec.names):
             logging.warning(
                 "%s: the serving certificate names %s, not %s: clients dialing %s will "
                 "refuse it; give init --advertise/--san that name (docs/security.md)",
