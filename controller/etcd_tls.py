@@ -86,7 +86,7 @@ def load_client_tls(
         raise EtcdTlsError(
             f"{cert_flag} and {key_flag} go together: the client certificate and its key"
         )
-    ca_pem = _read_public(cacert, f"the CA of the etcd members' certificates ({ca_flag})")
+    ca_pem = _read_public(cacert, f"etcd CA certificate ({ca_flag})")
     try:
         cas = x509.load_pem_x509_certificates(ca_pem)
     except ValueError:
