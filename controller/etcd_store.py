@@ -31,6 +31,14 @@ pointer and the new keys are read back first — applied (the new keys hold our 
 lost (someone else moved the pointer), or not applied (re-sending the same
 transaction is safe: its compares make a second application impossible).
 
+TLS (docs/security.md "The etcd link"): etcd3aio takes the CA, the client certificate
+chain and key and builds gRPC channel credentials from them; its one channel serves
+every member, so one server name is checked in each member's certificate
+(``ssl_target_name_override``: the endpoints' common host or ``--etcd-server-name``).
+gRPC reports a refused client certificate only as "Unwrap failed", so :meth:`connect`
+first probes each member with the same credentials
+(:func:`controller.etcd_tls.probe`) and says which side refused.
+
 Every etcd3aio / gRPC failure is mapped to a :mod:`controller.errors` error here (one
 edge).
 """

@@ -206,9 +206,9 @@ async def probe(endpoint: str, tls: EtcdClientTls, server_name: str, timeout: fl
                     f"the TLS handshake failed ({reason}): does it serve TLS? an http:// "
                     "etcd needs --etcd-plaintext"
                 )
-            writer.write(_H2_PREFACE)
-            await writer.drain()
             try:
+                writer.write(_H2_PREFACE)
+                await writer.drain()
                 answer = await reader.readexactly(9)
             except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
                 # TLS 1.3: the server checks the client certificate after the client
@@ -223,7 +223,7 @@ async def probe(endpoint: str, tls: EtcdClientTls, server_name: str, timeout: fl
         return f"the connection failed ({exc.strerror or exc})"
     finally:
         if writer is not None:
-            writer.close()
+            writer.transport.abort()  # a probe: no TLS close exchange to wait for
 
 
 #: OpenSSL's names of the alerts a server sends when it refuses the client certificate
