@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         default=DEFAULT_STATE_DIR,
         help="state: the cluster CA and serving certificate (ipsecd-controller init), the "
-        "private etcd's data",
+        "private etcd's data and TLS certificates",
     )
     p.add_argument(
         "--insecure",

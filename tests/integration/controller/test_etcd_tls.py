@@ -6,7 +6,8 @@ etcd CA) refuses, in etcd's own words (its log) and for etcd's own client (etcdc
 a client without a certificate, one with a certificate of another etcd CA, one with a
 certificate of the cluster CA (a node's), and a plaintext client; what it accepts is
 the controller's client certificate.  The controller's store names the side that
-refused and the file to fix."""
+refused and the file to fix.  And the other way round: the controller's API refuses
+the etcd client certificate (a CA of its own, docs/security.md "The etcd link")."""
 
 from __future__ import annotations
 
@@ -16,15 +17,22 @@ import os
 import subprocess
 from pathlib import Path
 
+import grpc
+import grpc.aio
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.ca import CertificateAuthority, Role, key_pem, pem, write_private
+from controller.clientconf import load_config
 from controller.embedded_etcd import EtcdProcess
 from controller.errors import StoreUnavailable
-from controller.etcd_pki import ensure_etcd_pki
+from controller.etcd_pki import EtcdPki, ensure_etcd_pki
 from controller.etcd_store import EtcdStore
 from controller.etcd_tls import EtcdClientTls, load_client_tls
+from controller.main import mtls_security
+from controller.statedir import init_state
+from ipsecd.v1 import policy_pb2, policy_pb2_grpc
+from tests.integration.controller.harness import address, start_controller, stop_controller
 from tests.support.aio import run_async
 from tests.support.etcd import unique_prefix
 
@@ -140,8 +148,19 @@ async def test_the_store_says_which_side_refused(
     assert "are https:// but no TLS credentials were given" in msg, msg
     msg = await _refusal(etcd_plaintext.url, etcd_server.client_tls())
     assert "are http:// but TLS credentials were given" in msg, msg
-    # what works: the etcd CA's client certificate; and a plaintext etcd by its URL
-    for target, tls in ((url, etcd_server.client_tls()), (etcd_plaintext.url, None)):
+    # endpoints naming different hosts: one server name for all, --etcd-server-name
+    port = url.rsplit(":", 1)[1]
+    two_names = f"https://127.0.0.1:{port},https://localhost:{port}"
+    msg = await _refusal(two_names, _tls(pki.ca_cert, pki.client_cert, pki.client_key))
+    assert "name different hosts" in msg and "--etcd-server-name NAME" in msg, msg
+    named = _tls(pki.ca_cert, pki.client_cert, pki.client_key, "localhost")
+    # what works: the etcd CA's client certificate (with a server name its certificate
+    # carries); and a plaintext etcd by its URL
+    for target, tls in (
+        (url, etcd_server.client_tls()),
+        (two_names, named),
+        (etcd_plaintext.url, None),
+    ):
         store = await EtcdStore.connect(target, tls=tls)
         try:
             key = unique_prefix() + "k"
@@ -178,3 +197,31 @@ async def test_a_member_that_refuses_is_named_while_the_others_serve(
         assert not any(f":{good_port}:" in w for w in warned), warned
     finally:
         other.stop(kill=True)
+
+
+@run_async(60)
+async def test_the_etcd_client_certificate_opens_nothing_on_the_controller_api(
+    etcd_session: EtcdProcess, tmp_path: Path
+) -> None:
+    """init makes the etcd PKI; its client certificate (a full etcd credential) is
+    refused by the controller's mTLS API at the handshake, where an admin's works."""
+    state = tmp_path / "state"
+    init_state(state)
+    pki = EtcdPki(state / "etcd-pki")
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in pki.files())
+    c = await start_controller(etcd_session, "r1", unique_prefix(), security=mtls_security(state))
+    try:
+        admin = load_config(state / "admin.conf")
+
+        async def history(cert: bytes, key: bytes) -> policy_pb2.HistoryResponse:
+            creds = grpc.ssl_channel_credentials(admin.ca_pem, key, cert)
+            async with grpc.aio.secure_channel(address(c), creds) as channel:
+                stub = policy_pb2_grpc.PolicyServiceStub(channel)
+                return await stub.History(policy_pb2.HistoryRequest(), timeout=10)
+
+        await history(admin.cert_pem, admin.key_pem)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await history(pki.client_cert.read_bytes(), pki.client_key.read_bytes())
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    finally:
+        await stop_controller(c)
