@@ -3,6 +3,12 @@
 ``ipsecd-controller`` without ``--etcd`` uses this: one machine works out of the box.
 The test fixture (tests/support/etcd.py) uses the same class.  The process is always
 killed by :meth:`EtcdProcess.stop` (and by an ``atexit`` hook as a last resort).
+
+With ``tls`` (an :class:`~controller.etcd_pki.EtcdPki`, what the controller always
+gives it) etcd serves its clients TLS only and requires a client certificate of the
+etcd CA (``--client-cert-auth``); the peer URL stays plaintext on 127.0.0.1 (one
+member, nothing crosses the network).  Without ``tls`` it is plaintext ``http``:
+benchmarks and the test of ``--etcd-plaintext``.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from controller.etcd_pki import EtcdPki
+from controller.etcd_tls import EtcdClientTls
 from controller.limits import EMBEDDED_ETCD_MAX_REQUEST_BYTES
 
 __all__ = ["EtcdNotFound", "EtcdProcess", "EtcdStartError", "free_port"]
@@ -62,6 +71,7 @@ class EtcdProcess:
         name: str = "ipsecd",
         initial_cluster: str | None = None,
         max_request_bytes: int | None = EMBEDDED_ETCD_MAX_REQUEST_BYTES,
+        tls: EtcdPki | None = None,
     ) -> None:
         found = binary or shutil.which("etcd")
         if not found:
@@ -77,13 +87,29 @@ class EtcdProcess:
         self.name = name
         self.initial_cluster = initial_cluster
         self.max_request_bytes = max_request_bytes
+        self.tls = tls
+        self._client_tls: EtcdClientTls | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         atexit.register(self.stop)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
+
+    def client_tls(self) -> EtcdClientTls | None:
+        """The controller's credentials for this etcd (None when it is plaintext)."""
+        if self.tls is None:
+            return None
+        if self._client_tls is None:
+            self._client_tls = self.tls.client_tls(self.host)
+        return self._client_tls
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For HTTP requests to this etcd (``/health``, the JSON gateway)."""
+        tls = self.client_tls()
+        return tls.ssl_context() if tls is not None else None
 
     @property
     def peer_url(self) -> str:
@@ -105,6 +131,13 @@ class EtcdProcess:
         ]  # fmt: skip
         if self.max_request_bytes is not None:
             cmd += ["--max-request-bytes", str(self.max_request_bytes)]
+        if self.tls is not None:
+            cmd += [
+                "--client-cert-auth",
+                "--trusted-ca-file", str(self.tls.ca_cert),
+                "--cert-file", str(self.tls.server_cert),
+                "--key-file", str(self.tls.server_key),
+            ]  # fmt: skip
         return cmd
 
     def start(self, timeout: float = 15.0) -> None:
@@ -143,6 +176,7 @@ class EtcdProcess:
         """Wait until etcd reports healthy (a member: its cluster has a leader)."""
         deadline = time.monotonic() + timeout
         last = ""
+        context = self.ssl_context()
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -151,7 +185,9 @@ class EtcdProcess:
                     f"see {self.log_path}: {self._log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+                with urllib.request.urlopen(
+                    f"{self.url}/health", timeout=1, context=context
+                ) as resp:
                     if b'"true"' in resp.read():
                         return
             except (urllib.error.URLError, OSError) as exc:

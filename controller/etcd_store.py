@@ -31,6 +31,14 @@ pointer and the new keys are read back first — applied (the new keys hold our 
 lost (someone else moved the pointer), or not applied (re-sending the same
 transaction is safe: its compares make a second application impossible).
 
+TLS (docs/security.md "The etcd link"): etcd3aio takes the CA, the client certificate
+chain and key and builds gRPC channel credentials from them; its one channel serves
+every member, so one server name is checked in each member's certificate
+(``ssl_target_name_override``: the endpoints' common host or ``--etcd-server-name``).
+gRPC reports a refused client certificate only as "Unwrap failed", so :meth:`connect`
+first probes each member with the same credentials
+(:func:`controller.etcd_tls.probe`) and says which side refused.
+
 Every etcd3aio / gRPC failure is mapped to a :mod:`controller.errors` error here (one
 edge).
 """
@@ -44,6 +52,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -60,6 +69,7 @@ from controller.errors import (
     StoreRequestTooLarge,
     StoreUnavailable,
 )
+from controller.etcd_tls import EtcdClientTls, probe
 from controller.limits import (
     DEFAULT_ETCD_ATTEMPT_TIMEOUT,
     DEFAULT_ETCD_RETRY_BUDGET,
@@ -70,7 +80,7 @@ from controller.limits import (
 from controller.retry import Backoff, operation_deadline
 from controller.store import KeyValue, WatchEvent
 
-__all__ = ["EtcdStore", "Failure", "classify", "parse_endpoints"]
+__all__ = ["EtcdStore", "EtcdUrls", "Failure", "classify", "parse_endpoints", "parse_urls"]
 
 _log = logging.getLogger(__name__)
 _EVENT_DELETE = 1
@@ -91,6 +101,8 @@ _TRANSIENT_DETAILS = (
     "server stopped",
     "proposal dropped",
 )
+# gRPC's words for a TLS handshake that failed (either side refused).
+_TLS_DETAILS = ("andshake", "TSI_", "Verification", "CERTIFICATE", "certificate")
 # gRPC's words when no endpoint accepts a connection (round_robin, pick_first).
 _UNREACHABLE_DETAILS = ("connections to all backends failing", "failed to connect to all addresses")
 
@@ -144,21 +156,44 @@ def _detail(exc: BaseException, timeout: float) -> str:
     return text
 
 
-def parse_endpoints(spec: str) -> list[str]:
-    """``http://a:2379,b:2379`` -> ``["10.0.0.1:2379", ...]`` (IPv4 host:port)."""
+@dataclass(frozen=True, slots=True)
+class EtcdUrls:
+    """``--etcd`` parsed: the ``ip:port`` the client dials, the hosts as written (for
+    the TLS server name) and the scheme (None: none was written)."""
+
+    endpoints: tuple[str, ...]
+    hosts: tuple[str, ...]
+    scheme: str | None
+
+    def server_name(self) -> str | None:
+        """The one host every endpoint names (None when they differ)."""
+        return self.hosts[0] if len(set(self.hosts)) == 1 else None
+
+
+def parse_urls(spec: str) -> EtcdUrls:
+    """``https://a:2379,b:2379`` -> endpoints ``10.0.0.1:2379, ...`` (IPv4 host:port),
+    the hosts ``a, b`` and the scheme (``http``, ``https``, or None when no endpoint
+    names one; mixing the two is refused)."""
     out: list[str] = []
+    hosts: list[str] = []
+    schemes: set[str] = set()
     for raw in (p.strip() for p in spec.split(",")):
         if not raw:
             continue
-        url = urlsplit(raw if "://" in raw else f"http://{raw}")
-        if url.scheme not in ("http", ""):
-            raise ValueError(
-                f"etcd endpoint {raw!r}: only http:// is supported for now (TLS to etcd is "
-                "a later security issue)"
-            )
-        host, port = url.hostname, url.port or 2379
+        url = urlsplit(raw if "://" in raw else f"//{raw}")
+        if url.scheme:
+            if url.scheme not in ("http", "https"):
+                raise ValueError(
+                    f"etcd endpoint {raw!r}: the scheme is http:// or https://, not {url.scheme}://"
+                )
+            schemes.add(url.scheme)
+        try:
+            host, port = url.hostname, url.port or 2379
+        except ValueError:
+            raise ValueError(f"etcd endpoint {raw!r}: the port is not a number") from None
         if not host:
             raise ValueError(f"etcd endpoint {raw!r}: no host")
+        hosts.append(host)
         try:
             addr = ipaddress.ip_address(host)
         except ValueError:
@@ -176,7 +211,42 @@ def parse_endpoints(spec: str) -> list[str]:
         out.append(f"{addr}:{port}")
     if not out:
         raise ValueError(f"no etcd endpoint in {spec!r}")
-    return out
+    if len(schemes) > 1:
+        raise ValueError(
+            f"etcd endpoints {spec!r} mix http:// and https://: every member is reached "
+            "the same way"
+        )
+    return EtcdUrls(tuple(out), tuple(hosts), schemes.pop() if schemes else None)
+
+
+def parse_endpoints(spec: str) -> list[str]:
+    """``http://a:2379,b:2379`` -> ``["10.0.0.1:2379", ...]`` (IPv4 host:port)."""
+    return list(parse_urls(spec).endpoints)
+
+
+def _tls_server_name(spec: str, urls: EtcdUrls, tls: EtcdClientTls | None) -> str | None:
+    """The scheme rules of :meth:`EtcdStore.connect`, and the TLS server name."""
+    if tls is None:
+        if urls.scheme == "https":
+            raise ValueError(
+                f"etcd endpoints {spec!r} are https:// but no TLS credentials were given: "
+                "give --etcd-cacert (and --etcd-cert/--etcd-key for client certificate "
+                "auth)"
+            )
+        return None
+    if urls.scheme == "http":
+        raise ValueError(
+            f"etcd endpoints {spec!r} are http:// but TLS credentials were given: write "
+            "https:// (or drop --etcd-cacert/--etcd-cert/--etcd-key for plaintext)"
+        )
+    name = tls.server_name or urls.server_name()
+    if name is None:
+        raise ValueError(
+            f"etcd endpoints {spec!r} name different hosts, and the etcd client checks one "
+            "server name in every member's certificate (one gRPC channel): give "
+            "--etcd-server-name NAME, a name or address every member's certificate carries"
+        )
+    return name
 
 
 class EtcdStore:
@@ -192,6 +262,8 @@ class EtcdStore:
         timeout: float = DEFAULT_ETCD_ATTEMPT_TIMEOUT,
         retry_budget: float = DEFAULT_ETCD_RETRY_BUDGET,
         backoff: Backoff | None = None,
+        tls: EtcdClientTls | None = None,
+        server_name: str | None = None,
     ) -> None:
         if timeout <= 0 or retry_budget <= 0:
             raise ValueError(
@@ -202,11 +274,21 @@ class EtcdStore:
         self.retry_budget = retry_budget
         self.backoff = backoff or Backoff()
         self.retries = 0  # transient failures retried so far (for tests and logs)
+        self.tls = tls
+        # One channel for every member, so gRPC checks one name in each member's
+        # certificate (ssl_target_name_override): the endpoints' common host or
+        # --etcd-server-name (connect() refuses TLS without one).
+        self.server_name = server_name or (tls.server_name if tls is not None else None)
         self._client = Etcd3Client(
             self.endpoints,
             rpc_max_attempts=1,  # we retry ourselves, and never a write blindly
             watch_reconnect_backoff_seconds=0.1,
             watch_max_reconnect_backoff_seconds=1.0,
+            tls_server_name=self.server_name if tls is not None else None,
+            # etcd3aio's TLS arguments (None: a plaintext channel)
+            ca_cert=tls.ca_pem if tls is not None else None,
+            cert_chain=tls.cert_pem if tls is not None else None,
+            cert_key=tls.key_pem if tls is not None else None,
         )
         # etcd3aio has no option for the channel's receive limit; its connection
         # manager's option list is what its channel is built from.
@@ -225,22 +307,60 @@ class EtcdStore:
         cls,
         spec: str,
         *,
+        tls: EtcdClientTls | None = None,
         timeout: float = DEFAULT_ETCD_ATTEMPT_TIMEOUT,
         retry_budget: float = DEFAULT_ETCD_RETRY_BUDGET,
     ) -> EtcdStore:
-        """Connect to ``spec`` (``URL[,URL...]``) and check that etcd answers."""
+        """Connect to ``spec`` (``URL[,URL...]``) and check that etcd answers.
+
+        ``https://`` endpoints need ``tls``; ``http://`` ones must not have it;
+        endpoints without a scheme follow ``tls``.  With TLS every member is probed
+        first (:func:`controller.etcd_tls.probe`): a member that refuses, or that the
+        controller refuses, is named in the error (all of them failing) or in a warning
+        (some of them)."""
         try:
-            store = cls(parse_endpoints(spec), timeout=timeout, retry_budget=retry_budget)
+            urls = parse_urls(spec)
+            server_name = _tls_server_name(spec, urls, tls)
+            store = cls(
+                urls.endpoints,
+                timeout=timeout,
+                retry_budget=retry_budget,
+                tls=tls,
+                server_name=server_name,
+            )
         except ValueError as exc:
             raise StoreUnavailable(str(exc)) from exc
+        refusals: list[str] = []
+        if tls is not None and server_name is not None:
+            refusals = await store._probe_members(tls, server_name)
         await store._client.connect()
         store._connected = True
         try:
             await store.get("/ipsecd-ping")  # raises StoreUnavailable naming the endpoints
+        except StoreUnavailable as exc:
+            await store.close()
+            if len(refusals) == len(store.endpoints):
+                raise StoreUnavailable(
+                    f"etcd at {store._where()} cannot be used (check --etcd and its TLS files): "
+                    + "; ".join(refusals)
+                ) from exc
+            if refusals:
+                raise StoreUnavailable(f"{exc}; TLS: {'; '.join(refusals)}") from exc
+            raise
         except BaseException:
             await store.close()
             raise
+        for refusal in refusals:
+            _log.warning("etcd TLS: %s (the other members answer)", refusal)
         return store
+
+    async def _probe_members(self, tls: EtcdClientTls, server_name: str) -> list[str]:
+        """What :func:`~controller.etcd_tls.probe` says about each member, for those
+        that fail."""
+        answers = await asyncio.gather(
+            *(probe(ep, tls, server_name, self.timeout) for ep in self.endpoints)
+        )
+        return [f"{ep}: {why}" for ep, why in zip(self.endpoints, answers, strict=True) if why]
 
     def _where(self) -> str:
         return ",".join(self.endpoints)
@@ -257,6 +377,12 @@ class EtcdStore:
         if kind is Failure.REFUSED:
             return StoreUnavailable(
                 f"etcd at {self._where()} refused {op}: {detail} (see the etcd log)"
+            )
+        if self.tls is not None and any(words in detail for words in _TLS_DETAILS):
+            return StoreUnavailable(
+                f"etcd at {self._where()} failed during {op}: {detail} (a TLS failure: "
+                f"check the etcd CA {self.tls.ca_file} and the client certificate "
+                f"{self.tls.cert_file or '(none)'})"
             )
         return StoreUnavailable(
             f"etcd at {self._where()} failed during {op}: {detail} (is etcd running and "

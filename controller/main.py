@@ -1,7 +1,9 @@
 """``ipsecd-controller``: one controller replica.
 
-    ipsecd-controller [--listen 127.0.0.1:7480] [--state-dir DIR] [--etcd URL[,URL...]]
-                      [--insecure]
+    ipsecd-controller [--listen 127.0.0.1:7480] [--state-dir DIR] [--insecure]
+                      [--etcd https://HOST:PORT[,...] --etcd-cacert FILE
+                       [--etcd-cert FILE --etcd-key FILE] [--etcd-server-name NAME]]
+                      [--etcd http://HOST:PORT[,...] --etcd-plaintext]
     ipsecd-controller init|issue|revoke|crl|certs --state-dir DIR ...   (controller/pkicmd.py)
 
 It serves mTLS only, with the cluster CA and serving certificate that
@@ -9,9 +11,13 @@ It serves mTLS only, with the cluster CA and serving certificate that
 authorizes every RPC by the role of the client certificate (controller/authz.py);
 ``--insecure`` serves plaintext instead and says so on every start.  Without ``--etcd``
 it starts a private etcd (the ``etcd`` binary from PATH, data under ``STATE_DIR/etcd``)
-so one machine works out of the box; with ``--etcd`` it joins an external cluster, and
-several replicas can share it (each with its own ``--replica-id``/``--listen``).  Errors
-print ``error: ...`` and exit non-zero.
+so one machine works out of the box; it serves TLS only, with client certificates of
+an etcd CA of its own (``STATE_DIR/etcd-pki``, controller/etcd_pki.py).  With ``--etcd``
+it joins an external cluster over TLS (``--etcd-cacert``, ``--etcd-cert``,
+``--etcd-key``), and several replicas can share it (each with its own
+``--replica-id``/``--listen``); ``http://`` endpoints only with ``--etcd-plaintext`` or
+``--insecure``, with a warning on every start.  Errors print ``error: ...`` and exit
+non-zero.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from controller.authz import Authorizer, CertificateAuthorizer, InsecureAuthoriz
 from controller.ca import CaError
 from controller.embedded_etcd import EtcdNotFound, EtcdProcess, EtcdStartError
 from controller.errors import StoreUnavailable
-from controller.etcd_store import EtcdStore
+from controller.etcd_pki import state_etcd_pki
+from controller.etcd_store import EtcdStore, parse_urls
+from controller.etcd_tls import EtcdClientTls, EtcdTlsError, load_client_tls
 from controller.limits import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_ETCD_ATTEMPT_TIMEOUT,
@@ -59,12 +67,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--advertise", help="address others use to reach this replica (default --listen)"
     )
-    p.add_argument("--etcd", help="external etcd cluster URL[,URL...] (default: private etcd)")
+    p.add_argument(
+        "--etcd",
+        metavar="URL[,URL...]",
+        help="external etcd cluster, https:// (default: a private etcd over TLS)",
+    )
+    p.add_argument(
+        "--etcd-cacert",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate that signed the etcd members' certificates (PEM)",
+    )
+    p.add_argument(
+        "--etcd-cert", type=Path, metavar="FILE", help="client certificate for etcd (PEM)"
+    )
+    p.add_argument(
+        "--etcd-key", type=Path, metavar="FILE", help="its key (PEM, unencrypted, mode 0600)"
+    )
+    p.add_argument(
+        "--etcd-server-name",
+        metavar="NAME",
+        help="name checked in every etcd member's certificate (default: the endpoints' "
+        "host, when they share one)",
+    )
+    p.add_argument(
+        "--etcd-plaintext",
+        action="store_true",
+        help="allow http:// etcd endpoints: keys cross the network in clear text and "
+        "anyone who reaches etcd can change the policy (warns on every start)",
+    )
     p.add_argument(
         "--state-dir",
         default=DEFAULT_STATE_DIR,
         help="state: the cluster CA and serving certificate (ipsecd-controller init), the "
-        "private etcd's data",
+        "private etcd's data and TLS certificates",
     )
     p.add_argument(
         "--envelope-key",
@@ -130,6 +166,23 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--stream-drain-timeout must be 0 (never) or a positive number of seconds")
     if args.etcd_timeout <= 0 or args.etcd_retry_budget <= 0:
         p.error("--etcd-timeout and --etcd-retry-budget must be positive numbers of seconds")
+    external = ("--etcd-cacert", "--etcd-cert", "--etcd-key", "--etcd-server-name")
+    given = [f for f in external if getattr(args, f[2:].replace("-", "_")) is not None]
+    if args.etcd_plaintext:
+        given.append("--etcd-plaintext")
+    if given and not args.etcd:
+        p.error(
+            f"{', '.join(given)} only go with --etcd URL (an external etcd); the private "
+            "etcd uses the certificates in STATE_DIR/etcd-pki"
+        )
+    if args.etcd_plaintext and (args.etcd_cacert or args.etcd_cert or args.etcd_key):
+        p.error("--etcd-plaintext and --etcd-cacert/--etcd-cert/--etcd-key exclude each other")
+    if (args.etcd_cert is None) != (args.etcd_key is None):
+        p.error("--etcd-cert and --etcd-key go together: the client certificate and its key")
+    if args.etcd_cert is not None and args.etcd_cacert is None:
+        p.error(
+            "--etcd-cert needs --etcd-cacert: the CA that signed the etcd members' certificates"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +273,47 @@ def envelope(args: argparse.Namespace) -> Envelope | None:
     return Envelope.from_file(path)
 
 
+def external_etcd_tls(args: argparse.Namespace) -> EtcdClientTls | None:
+    """The credentials for ``--etcd`` (None: plaintext, allowed only with
+    ``--etcd-plaintext`` or ``--insecure``, with a warning on every start).
+    :class:`EtcdTlsError` naming the file and the fix."""
+    try:
+        scheme = parse_urls(args.etcd).scheme
+    except ValueError as exc:
+        raise EtcdTlsError(f"--etcd: {exc}") from None
+    if args.etcd_cacert is None:
+        if scheme == "https":
+            raise EtcdTlsError(
+                f"--etcd {args.etcd} is https:// and needs --etcd-cacert FILE, the CA "
+                "that signed the etcd members' certificates (and --etcd-cert/--etcd-key "
+                "when etcd requires client certificates)"
+            )
+        if not (args.etcd_plaintext or args.insecure):
+            raise EtcdTlsError(
+                f"--etcd {args.etcd} is plaintext: give https:// endpoints with "
+                "--etcd-cacert FILE --etcd-cert FILE --etcd-key FILE, or accept plaintext "
+                "etcd with --etcd-plaintext (a trusted network only)"
+            )
+        logging.warning(
+            "--etcd %s: plaintext etcd: the policy with its keys crosses the network in "
+            "clear text and anyone who reaches etcd can change it; use https:// with "
+            "--etcd-cacert/--etcd-cert/--etcd-key",
+            args.etcd,
+        )
+        return None
+    tls = load_client_tls(
+        args.etcd_cacert, args.etcd_cert, args.etcd_key, server_name=args.etcd_server_name
+    )
+    if not tls.client_auth:
+        logging.warning(
+            "--etcd %s: no --etcd-cert/--etcd-key, the controller presents no client "
+            "certificate: etcd should require one (--client-cert-auth), else anyone who "
+            "reaches it can read and change the policy",
+            args.etcd,
+        )
+    return tls
+
+
 async def serve(args: argparse.Namespace) -> int:
     etcd: EtcdProcess | None = None
     store: EtcdStore | None = None
@@ -228,14 +322,15 @@ async def serve(args: argparse.Namespace) -> int:
     sealing = envelope(args)
     try:
         if args.etcd:
-            url = args.etcd
+            url, tls = args.etcd, external_etcd_tls(args)
         else:
-            etcd = EtcdProcess(Path(args.state_dir) / "etcd")
+            pki = state_etcd_pki(Path(args.state_dir))
+            etcd = EtcdProcess(Path(args.state_dir) / "etcd", tls=pki)
             etcd.start()  # main thread: PR_SET_PDEATHSIG is tied to the starting thread
-            url = etcd.url
+            url, tls = etcd.url, etcd.client_tls()
             logging.info("private etcd on %s (data in %s)", url, etcd.data_dir)
         store = await EtcdStore.connect(
-            url, timeout=args.etcd_timeout, retry_budget=args.etcd_retry_budget
+            url, tls=tls, timeout=args.etcd_timeout, retry_budget=args.etcd_retry_budget
         )
         port_part = args.listen.rsplit(":", 1)[-1]
         config = ControllerConfig(

@@ -159,6 +159,7 @@ def _init(args: argparse.Namespace) -> int:
     print(f"  cluster CA        {root}/pki/ca.pem ({report.ca_subject}); key pki/ca.key (0600)")
     print(f"  serving cert      {root}/pki/server.pem for {', '.join(report.hosts)}")
     print(f"  envelope key      {root}/envelope.key ({envelope}, 0600)")
+    print(f"  private etcd TLS  {root}/etcd-pki/ (its own CA, server and client certs, 0600)")
     print(f"  admin credentials {root}/admin.conf (0600, {report.admin})")
     print(f"  controllers       {', '.join(report.controllers)}")
     print(

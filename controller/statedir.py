@@ -15,6 +15,9 @@ Layout (the directory and ``pki/`` mode 0700; every key 0600)::
     DIR/pki/crl.pem       the CRL of every revoked serial, signed by the CA
     DIR/pki/certs.json    every certificate issued (serial, role, name, expiry, revoked)
     DIR/etcd/             the private etcd's data (controller/embedded_etcd.py)
+    DIR/etcd-pki/         the private etcd's TLS: its own CA, etcd's server certificate,
+                          the controller's etcd client certificate (every file 0600;
+                          controller/etcd_pki.py), made by init or the first start
 
 ``issue``, ``revoke`` and ``crl`` hold an exclusive lock on ``pki/.lock`` while they
 update ``certs.json`` and the CRL.  A running controller re-reads ``crl.pem`` when it
@@ -55,6 +58,7 @@ from controller.ca import (
     write_private,
 )
 from controller.clientconf import ClientConfig
+from controller.etcd_pki import state_etcd_pki
 
 __all__ = [
     "ENVELOPE_KEY_BYTES",
@@ -384,6 +388,7 @@ def init_state(
         write_file(sd.server_cert, pem(server, *ca.intermediates), 0o644)
         write_file(sd.crl, crl.public_bytes(serialization.Encoding.PEM), 0o644)
         _save_records(sd, records)
+    state_etcd_pki(root, renew=force)
     kept = sd.envelope_key.exists()
     if kept:
         check_private_file(sd.envelope_key, "envelope key")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.embedded_etcd import free_port
+from controller.embedded_etcd import EtcdProcess, free_port
 from controller.errors import StoreUnavailable
 from controller.etcd_store import EtcdStore
 from controller.server import Controller, ControllerConfig
@@ -59,10 +59,10 @@ def policy(ab_lifetime: str = "10m") -> str:
     )
 
 
-async def start_controller(url: str, port: int) -> Controller:
+async def start_controller(etcd: EtcdProcess, port: int) -> Controller:
     """A controller replica on 127.0.0.1:``port`` (the same port after a restart, as a
-    Service address would be)."""
-    store = await EtcdStore.connect(url)
+    Service address would be), over TLS to ``etcd``."""
+    store = await EtcdStore.connect(etcd.url, tls=etcd.client_tls())
     config = ControllerConfig(
         replica_id="r1",
         advertise=f"127.0.0.1:{port}",
@@ -103,7 +103,7 @@ async def test_push_mesh_change_and_controller_loss(
 ) -> None:
     etcd = start_etcd(tmp_path)
     port = free_port()
-    controller: Controller | None = await start_controller(etcd.url, port)
+    controller: Controller | None = await start_controller(etcd, port)
     target = f"127.0.0.1:{port}"
     addrs = [[f"{ADDRS[n]}/24"] for n in "abc"]
     try:
@@ -173,7 +173,7 @@ async def test_push_mesh_change_and_controller_loss(
                 # it): retry as one would, bounded
                 for attempt in range(20):
                     try:
-                        controller = await start_controller(etcd.url, port)
+                        controller = await start_controller(etcd, port)
                         break
                     except StoreUnavailable:
                         if attempt == 19:

@@ -9,9 +9,15 @@ Fixtures (import them into a conftest or test module)::
   (``unique_prefix()``);
 * ``etcd_cluster`` — a fresh three-member etcd cluster on 127.0.0.1 per test
   (:class:`EtcdCluster`: ``.url`` lists every member, ``.leader()``, ``.kill()``,
-  ``.start()`` a member again).
+  ``.start()`` a member again);
+* ``etcd_plaintext`` — a fresh etcd serving plaintext ``http`` (the ``--etcd-plaintext``
+  path only).
 
-The first two yield an :class:`~controller.embedded_etcd.EtcdProcess` (``.url``,
+All but the last serve TLS only with client certificates, as the controller's private
+etcd does (controller/etcd_pki.py makes their certificates): connect with
+``EtcdStore.connect(etcd.url, tls=etcd.client_tls())``, or hand the fixture itself to
+the controller harness.  The first two yield an
+:class:`~controller.embedded_etcd.EtcdProcess` (``.url``, ``.client_tls()``,
 ``.restart()``, ``.stop()``, ``.start()``); every process is always killed at teardown.
 A missing ``etcd`` binary fails the test with the package to install.
 """
@@ -28,14 +34,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from controller.embedded_etcd import EtcdNotFound, EtcdProcess
+from controller.etcd_pki import EtcdPki, ensure_etcd_pki
+from controller.etcd_tls import EtcdClientTls
 
 __all__ = [
     "EtcdCluster",
+    "EtcdTarget",
     "etcd_cluster",
+    "etcd_plaintext",
     "etcd_server",
     "etcd_session",
     "start_etcd",
@@ -49,9 +60,22 @@ def unique_prefix() -> str:
     return f"/t{os.getpid()}-{next(_counter)}/"
 
 
-def start_etcd(base: Path) -> EtcdProcess:
+class EtcdTarget(Protocol):
+    """What a controller needs to reach an etcd: an :class:`EtcdProcess` or an
+    :class:`EtcdCluster`."""
+
+    @property
+    def url(self) -> str: ...
+
+    def client_tls(self) -> EtcdClientTls | None: ...
+
+
+def start_etcd(base: Path, *, tls: bool = True) -> EtcdProcess:
+    """An etcd with its data under ``base``; with ``tls`` (the default) TLS only with
+    client certificates of an etcd CA made in ``base/etcd-pki``."""
+    pki = ensure_etcd_pki(base / "etcd-pki") if tls else None
     try:
-        proc = EtcdProcess(base / "etcd-data")
+        proc = EtcdProcess(base / "etcd-data", tls=pki)
     except EtcdNotFound as exc:
         pytest.fail(str(exc))
     proc.start()
@@ -61,6 +85,15 @@ def start_etcd(base: Path) -> EtcdProcess:
 @pytest.fixture
 def etcd_server(tmp_path: Path) -> Iterator[EtcdProcess]:
     proc = start_etcd(tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop(kill=True)
+
+
+@pytest.fixture
+def etcd_plaintext(tmp_path: Path) -> Iterator[EtcdProcess]:
+    proc = start_etcd(tmp_path / "plaintext", tls=False)
     try:
         yield proc
     finally:
@@ -96,7 +129,9 @@ def _listen_port(taken: set[int]) -> int:
 class EtcdCluster:
     """Three (``size``) etcd members on 127.0.0.1, each an :class:`EtcdProcess`."""
 
-    def __init__(self, base: Path, size: int = 3) -> None:
+    def __init__(self, base: Path, size: int = 3, *, tls: bool = True) -> None:
+        # one etcd CA and one server certificate (127.0.0.1) for every member
+        self.tls: EtcdPki | None = ensure_etcd_pki(base / "etcd-pki") if tls else None
         names = [f"m{i}" for i in range(size)]
         taken: set[int] = set()
         ports = {n: (_listen_port(taken), _listen_port(taken)) for n in names}
@@ -109,6 +144,7 @@ class EtcdCluster:
                     client_port=ports[n][0],
                     peer_port=ports[n][1],
                     initial_cluster=initial,
+                    tls=self.tls,
                 )
                 for n in names
             }
@@ -118,6 +154,9 @@ class EtcdCluster:
     @property
     def url(self) -> str:
         return ",".join(m.url for m in self.members.values())
+
+    def client_tls(self) -> EtcdClientTls | None:
+        return next(iter(self.members.values())).client_tls()
 
     def start(self, name: str | None = None, timeout: float = 20.0) -> None:
         """Start every member (or one again) and wait until the cluster has a leader."""
@@ -139,7 +178,8 @@ class EtcdCluster:
             f"{self.members[name].url}/v3/maintenance/status", data=b"{}", method="POST"
         )
         try:
-            with urllib.request.urlopen(req, timeout=1) as resp:
+            context = self.members[name].ssl_context()
+            with urllib.request.urlopen(req, timeout=1, context=context) as resp:
                 return dict(json.loads(resp.read()))
         except (urllib.error.URLError, OSError, ValueError):
             return None

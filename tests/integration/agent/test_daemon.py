@@ -140,7 +140,7 @@ async def test_cluster_mode_follows_acknowledges_and_survives_the_controller(
     pair: tuple[Netns, Netns], tmp_path: Path, etcd_session: EtcdProcess
 ) -> None:
     a, _b = pair
-    c = await start_controller(etcd_session.url, "r1", f"/t{os.getpid()}-{id(tmp_path)}/")
+    c = await start_controller(etcd_session, "r1", f"/t{os.getpid()}-{id(tmp_path)}/")
     opts = options(
         "a",
         a,

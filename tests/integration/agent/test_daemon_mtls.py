@@ -49,7 +49,7 @@ async def test_agent_streams_over_mtls_with_its_node_certificate(
     issue_credentials(state, Role.NODE, "a", certs, hosts=["192.0.2.1", "fd00::1"])
     files = NodeFiles(certs / "a.pem", certs / "a.key", certs / "ca.pem", (certs / "crl.pem",))
     c = await start_controller(
-        etcd_session.url,
+        etcd_session,
         "r1",
         f"/m{os.getpid()}-{id(tmp_path)}/",
         security=mtls_security(state),
@@ -128,7 +128,7 @@ async def test_agents_fetch_their_own_pair_keys_and_authenticate_with_them(
             certs / f"{node}.pem", certs / f"{node}.key", certs / "ca.pem", (certs / "crl.pem",)
         )
     c = await start_controller(
-        etcd_session.url,
+        etcd_session,
         "r1",
         f"/s{os.getpid()}-{id(tmp_path)}/",
         security=mtls_security(state),

@@ -1,3 +1,3 @@
-from tests.support.etcd import etcd_cluster, etcd_server, etcd_session
+from tests.support.etcd import etcd_cluster, etcd_plaintext, etcd_server, etcd_session
 
-__all__ = ["etcd_cluster", "etcd_server", "etcd_session"]
+__all__ = ["etcd_cluster", "etcd_plaintext", "etcd_server", "etcd_session"]

@@ -22,6 +22,7 @@ from controller.main import Security
 from controller.secretstore import Envelope
 from controller.server import Controller, ControllerConfig
 from ipsecd.v1 import types_pb2
+from tests.support.etcd import EtcdTarget
 
 FAST = {
     "lease_ttl": 2,
@@ -33,7 +34,7 @@ FAST = {
 
 
 async def start_controller(
-    url: str,
+    etcd: str | EtcdTarget,
     replica_id: str,
     key_root: str,
     *,
@@ -42,10 +43,13 @@ async def start_controller(
     envelope: Envelope | None = None,
     **cfg: Any,
 ) -> Controller:
-    """A controller on real etcd; ``store_options`` go to :meth:`EtcdStore.connect`
-    (``timeout``, ``retry_budget``), ``cfg`` to :class:`ControllerConfig`; ``security``:
-    mTLS (:func:`controller.main.mtls_security`), else plaintext."""
-    store = await EtcdStore.connect(url, **(store_options or {}))
+    """A controller on real etcd: an etcd fixture (TLS with its client certificate,
+    tests/support/etcd.py) or a plaintext URL; ``store_options`` go to
+    :meth:`EtcdStore.connect` (``timeout``, ``retry_budget``), ``cfg`` to
+    :class:`ControllerConfig`; ``security``: mTLS (:func:`controller.main.mtls_security`),
+    else plaintext."""
+    url, tls = (etcd, None) if isinstance(etcd, str) else (etcd.url, etcd.client_tls())
+    store = await EtcdStore.connect(url, tls=tls, **(store_options or {}))
     port = free_port()
     options = {**FAST, **cfg}
     config = ControllerConfig(

@@ -58,7 +58,7 @@ def _sha(n: int) -> str:
 async def test_pushes_across_an_etcd_leader_kill_apply_exactly_once(
     etcd_cluster: EtcdCluster, tmp_path: Path
 ) -> None:
-    c = await start_controller(etcd_cluster.url, "r1", unique_prefix())
+    c = await start_controller(etcd_cluster, "r1", unique_prefix())
     agents = [SimAgent(f"n{i}", [address(c)]).start() for i in range(3)]
     store = c.store
     assert isinstance(store, EtcdStore)
@@ -137,7 +137,7 @@ async def test_quorum_loss_fails_clearly_and_recovers(
 ) -> None:
     # a short retry budget keeps the test short; the default is 10 s
     c = await start_controller(
-        etcd_cluster.url, "r1", unique_prefix(), store_options={"retry_budget": 3.0}
+        etcd_cluster, "r1", unique_prefix(), store_options={"retry_budget": 3.0}
     )
     try:
         files = []

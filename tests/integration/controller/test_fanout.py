@@ -24,7 +24,7 @@ REVISIONS = 5
 async def test_200_agents_get_every_revision_exactly_once_in_order(
     etcd_session: EtcdProcess,
 ) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix(), ping_interval=5.0)
+    c = await start_controller(etcd_session, "r1", unique_prefix(), ping_interval=5.0)
     agents = [SimAgent(f"node-{i:03d}", [address(c)]).start() for i in range(AGENTS)]
     try:
         await wait_until(lambda: len(c.hub.streams) == AGENTS, 60, f"{AGENTS} streams")
@@ -61,7 +61,7 @@ async def test_200_agents_get_every_revision_exactly_once_in_order(
 
 @run_async(60)
 async def test_stuck_agent_does_not_delay_others_and_coalesces(etcd_session: EtcdProcess) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix(), ping_interval=5.0)
+    c = await start_controller(etcd_session, "r1", unique_prefix(), ping_interval=5.0)
     gate = asyncio.Event()
     stuck = SimAgent("stuck", [address(c)], stall=gate).start()
     others = [SimAgent(f"fast-{i}", [address(c)]).start() for i in range(5)]
@@ -89,7 +89,7 @@ async def test_stuck_agent_does_not_delay_others_and_coalesces(etcd_session: Etc
 
 @run_async(60)
 async def test_reconnect_resumes_without_snapshot(etcd_session: EtcdProcess) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix())
+    c = await start_controller(etcd_session, "r1", unique_prefix())
     a = SimAgent("resumer", [address(c)]).start()
     try:
         await c.repo.push(policy(1), filename="p.spd")
@@ -134,7 +134,7 @@ async def test_reconnect_resumes_without_snapshot(etcd_session: EtcdProcess) -> 
 
 @run_async(60)
 async def test_directory_goes_to_agents_that_ask(etcd_session: EtcdProcess) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix())
+    c = await start_controller(etcd_session, "r1", unique_prefix())
     watcher = SimAgent("watcher", [address(c)], capabilities=("directory",)).start()
     plain = SimAgent("plain", [address(c)]).start()
     try:

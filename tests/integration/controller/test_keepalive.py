@@ -21,7 +21,7 @@ from tests.support.etcd import unique_prefix
 
 @run_async(60)
 async def test_controller_closes_a_stream_that_stops_answering(etcd_session: EtcdProcess) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix(), ping_timeout=2.0)
+    c = await start_controller(etcd_session, "r1", unique_prefix(), ping_timeout=2.0)
     try:
         async with grpc.aio.insecure_channel(address(c)) as ch:
             call = agent_pb2_grpc.AgentServiceStub(ch).Connect()
@@ -45,7 +45,7 @@ async def test_controller_closes_a_stream_that_stops_answering(etcd_session: Etc
 @run_async(60)
 async def test_agent_replaces_a_silent_stream(etcd_session: EtcdProcess) -> None:
     # the controller pings rarely; the agent expects something every second
-    c = await start_controller(etcd_session.url, "r1", unique_prefix(), ping_interval=60.0)
+    c = await start_controller(etcd_session, "r1", unique_prefix(), ping_interval=60.0)
     agent = SimAgent("impatient", [address(c)]).start(idle_timeout=1.0)
     try:
         await wait_until(lambda: len(agent.lost) >= 2, 20, "two replaced streams")

@@ -11,6 +11,7 @@ import grpc.aio
 
 from controller.cli_remote import EXIT
 from controller.embedded_etcd import EtcdProcess, free_port
+from controller.etcd_pki import ensure_etcd_pki
 from controller.limits import (
     MAX_AGENT_MESSAGE_BYTES,
     MAX_COMMENT_BYTES,
@@ -78,7 +79,7 @@ def kind_of(exc: grpc.aio.AioRpcError) -> str:
 async def test_a_policy_over_the_limit_is_refused_and_changes_nothing(
     etcd_session: EtcdProcess, tmp_path: Path
 ) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix(), max_policy_bytes=LIMIT)
+    c = await start_controller(etcd_session, "r1", unique_prefix(), max_policy_bytes=LIMIT)
     ctl = address(c)
     try:
         assert (await c.repo.push(policy(1), filename="p.spd")).accepted
@@ -140,7 +141,7 @@ async def test_a_policy_over_the_limit_is_refused_and_changes_nothing(
 async def test_large_policies_end_to_end(etcd_session: EtcdProcess, tmp_path: Path) -> None:
     # Six revisions of ~0.9 MiB (default limit 1 MiB): together over gRPC's 4 MiB
     # default message size, which the history once had to fit in one etcd answer.
-    c = await start_controller(etcd_session.url, "r1", unique_prefix())
+    c = await start_controller(etcd_session, "r1", unique_prefix())
     ctl = address(c)
     agent = SimAgent("big", [ctl]).start()
     try:
@@ -178,9 +179,11 @@ async def test_large_policies_end_to_end(etcd_session: EtcdProcess, tmp_path: Pa
 async def test_etcds_request_limit_is_a_clear_error(tmp_path: Path) -> None:
     # etcd with its default --max-request-bytes (1.5 MiB) and a controller configured
     # to accept 2 MiB: the revision record does not fit; the push says so and why.
-    etcd = EtcdProcess(tmp_path / "etcd", max_request_bytes=None)
+    etcd = EtcdProcess(
+        tmp_path / "etcd", max_request_bytes=None, tls=ensure_etcd_pki(tmp_path / "pki")
+    )
     etcd.start()
-    c = await start_controller(etcd.url, "r1", unique_prefix(), max_policy_bytes=2 * MiB)
+    c = await start_controller(etcd, "r1", unique_prefix(), max_policy_bytes=2 * MiB)
     try:
         assert (await c.repo.push(policy(1), filename="p.spd")).accepted
         f = write(tmp_path, "big.spd", big_policy(2, int(1.6 * MiB)))
@@ -208,7 +211,7 @@ async def _connect_raw(ctl: str, hello: agent_pb2.Hello) -> grpc.aio.AioRpcError
 
 @run_async(60)
 async def test_agent_messages_and_queries_are_bounded(etcd_session: EtcdProcess) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix())
+    c = await start_controller(etcd_session, "r1", unique_prefix())
     ctl = address(c)
     try:
         big = agent_pb2.Hello(node="n1", labels={"k": "v" * MAX_AGENT_MESSAGE_BYTES})

@@ -182,7 +182,7 @@ REFUSED: dict[str, tuple[set[str], grpc.StatusCode]] = {
 async def test_every_rpc_with_every_credential(cluster: Cluster, etcd_session: EtcdProcess) -> None:
     sec = mtls_security(cluster.root)
     c = await start_controller(
-        etcd_session.url, "r1", unique_prefix(), security=sec, revocation_interval=0.2
+        etcd_session, "r1", unique_prefix(), security=sec, revocation_interval=0.2
     )
     try:
         target = address(c)
@@ -229,7 +229,7 @@ async def test_author_is_the_certificate_and_nodes_stream_as_themselves(
     cluster: Cluster, etcd_session: EtcdProcess
 ) -> None:
     c = await start_controller(
-        etcd_session.url,
+        etcd_session,
         "r1",
         unique_prefix(),
         security=mtls_security(cluster.root),
@@ -277,7 +277,7 @@ async def test_ipsecctl_with_a_config(
     cluster: Cluster, etcd_session: EtcdProcess, tmp_path: Path
 ) -> None:
     c = await start_controller(
-        etcd_session.url, "r1", unique_prefix(), security=mtls_security(cluster.root)
+        etcd_session, "r1", unique_prefix(), security=mtls_security(cluster.root)
     )
     try:
         ctl = address(c)

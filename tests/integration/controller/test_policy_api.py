@@ -31,7 +31,7 @@ def _write(tmp: Path, name: str, text: str, mode: int = 0o600) -> Path:
 
 @run_async(60)
 async def test_concurrent_pushes_on_one_base_exactly_one_wins(etcd_session: EtcdProcess) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix())
+    c = await start_controller(etcd_session, "r1", unique_prefix())
     try:
         async with grpc.aio.insecure_channel(address(c)) as ch:
             stub = policy_pb2_grpc.PolicyServiceStub(ch)
@@ -75,7 +75,7 @@ async def test_concurrent_pushes_on_one_base_exactly_one_wins(etcd_session: Etcd
 async def test_cli_push_conflict_invalid_and_history(
     etcd_session: EtcdProcess, tmp_path: Path
 ) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix())
+    c = await start_controller(etcd_session, "r1", unique_prefix())
     ctl = address(c)
     try:
         p1 = _write(tmp_path, "one.spd", policy(1))
@@ -121,7 +121,7 @@ async def test_cli_push_conflict_invalid_and_history(
 async def test_rollback_makes_a_new_revision_and_backup(
     etcd_session: EtcdProcess, tmp_path: Path
 ) -> None:
-    c = await start_controller(etcd_session.url, "r1", unique_prefix())
+    c = await start_controller(etcd_session, "r1", unique_prefix())
     ctl = address(c)
     try:
         for n in (1, 2, 3):
@@ -151,7 +151,7 @@ async def test_secrets_are_redacted_unless_asked(
     etcd_session: EtcdProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    c = await start_controller(etcd_session.url, "r1", unique_prefix())
+    c = await start_controller(etcd_session, "r1", unique_prefix())
     ctl = address(c)
     try:
         open_file = _write(tmp_path, "keys-open.spd", WITH_KEY, mode=0o644)
@@ -184,7 +184,7 @@ async def test_unreachable_controller_and_etcd_are_one_line_errors(
     r = await ipsecctl("history", controller=f"127.0.0.1:{free_port()}")
     assert r.code == EXIT["unreachable"] == 5, r
     assert r.err.startswith("error: cannot reach the controller") and r.err.count("\n") == 1
-    c = await start_controller(etcd_server.url, "r1", unique_prefix())
+    c = await start_controller(etcd_server, "r1", unique_prefix())
     try:
         etcd_server.stop(kill=True)
         r = await ipsecctl("history", controller=address(c))

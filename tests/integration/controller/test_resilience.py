@@ -26,7 +26,7 @@ from tests.support.policies import policy
 
 @run_async(90)
 async def test_etcd_restart_keeps_streams_and_policy(etcd_server: EtcdProcess) -> None:
-    c = await start_controller(etcd_server.url, "r1", unique_prefix())
+    c = await start_controller(etcd_server, "r1", unique_prefix())
     agents = [SimAgent(f"n{i}", [address(c)]).start() for i in range(10)]
     try:
         await c.repo.push(policy(1), filename="p.spd")
@@ -60,8 +60,8 @@ async def test_etcd_restart_keeps_streams_and_policy(etcd_server: EtcdProcess) -
 @run_async(90)
 async def test_failover_between_two_replicas(etcd_session: EtcdProcess) -> None:
     root = unique_prefix()
-    c1 = await start_controller(etcd_session.url, "r1", root)
-    c2 = await start_controller(etcd_session.url, "r2", root)
+    c1 = await start_controller(etcd_session, "r1", root)
+    c2 = await start_controller(etcd_session, "r2", root)
     stopped = False
     agents = [SimAgent(f"n{i}", [address(c1), address(c2)]).start() for i in range(20)]
     try:
@@ -99,8 +99,8 @@ async def test_failover_between_two_replicas(etcd_session: EtcdProcess) -> None:
 @run_async(60)
 async def test_live_status_forwarded_and_stale_fallback(etcd_session: EtcdProcess) -> None:
     root = unique_prefix()
-    c1 = await start_controller(etcd_session.url, "r1", root)
-    c2 = await start_controller(etcd_session.url, "r2", root)
+    c1 = await start_controller(etcd_session, "r1", root)
+    c2 = await start_controller(etcd_session, "r2", root)
     agent = SimAgent("lonely", [address(c1)]).start()
     try:
         await c1.repo.push(policy(1), filename="p.spd")

@@ -103,7 +103,7 @@ async def _etcd_dump(c: Controller) -> bytes:
 @run_async(180)
 async def test_secrets_end_to_end(state: dict[str, Any], etcd_session: EtcdProcess) -> None:
     c = await start_controller(
-        etcd_session.url,
+        etcd_session,
         "r1",
         unique_prefix(),
         security=mtls_security(state["root"]),

@@ -65,7 +65,7 @@ async def test_streams_that_do_not_drain_are_dropped_and_the_others_get_everythi
     etcd_session: EtcdProcess,
 ) -> None:
     c = await start_controller(
-        etcd_session.url,
+        etcd_session,
         "r1",
         unique_prefix(),
         ping_interval=0.5,
