@@ -45,6 +45,7 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "AgentIdentity",
     "AgentStream",
+    "CrlReceived",
     "DirectoryReceived",
     "PolicyReceived",
     "StreamConnected",
@@ -115,7 +116,16 @@ class StreamLost:
     reason: str
 
 
-StreamEvent = PolicyReceived | DirectoryReceived | StreamConnected | StreamLost
+@dataclass(frozen=True, slots=True)
+class CrlReceived:
+    """The cluster CA's CRL (sent after the opening message and when a newer one is
+    published: docs/security.md "Revocation")."""
+
+    number: int
+    pem: bytes = field(repr=False)
+
+
+StreamEvent = PolicyReceived | DirectoryReceived | StreamConnected | StreamLost | CrlReceived
 EventHandler = Callable[[StreamEvent], Awaitable[None]]
 StatusProvider = Callable[[], types_pb2.NodeStatus]
 
@@ -161,6 +171,7 @@ class AgentStream:
         self.address = ""  # controller address of the current stream ("" when down)
         self._shas: dict[int, str] = {}
         self._call: Any = None
+        self.channel: grpc.aio.Channel | None = None  # of the current stream (unary calls)
         self._write_lock = asyncio.Lock()
         self._closed = asyncio.Event()
         self._index = 0
@@ -266,6 +277,7 @@ class AgentStream:
         reporter: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         async with self._channel(address) as channel:
+            self.channel = channel
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             self._call = call
             self._last_rx = loop.time()
@@ -294,6 +306,7 @@ class AgentStream:
                             reporter = asyncio.create_task(self._report_loop())
                     await self._dispatch(address, msg)
             finally:
+                self.channel = None
                 watchdog.cancel()
                 if reporter is not None:
                     reporter.cancel()
@@ -338,6 +351,8 @@ class AgentStream:
             )
         elif kind == "directory":
             await self._directory(msg.directory)
+        elif kind == "crl":
+            await self.on_event(CrlReceived(msg.crl.number, msg.crl.pem))
 
     async def _policy(self, p: agent_pb2.PolicyRevision, *, via_snapshot: bool) -> None:
         self._shas[p.revision] = p.sha256

@@ -47,3 +47,20 @@ class StoreRequestTooLarge(ControllerError):
 
 class InputTooLarge(ControllerError):
     """A request field (policy text, comment, ...) is over the controller's bound."""
+
+
+class NotAuthenticated(ControllerError):
+    """A credential in the request (a join token) is not valid: unknown, wrong secret,
+    expired or used up."""
+
+
+class BadRequest(ControllerError):
+    """A malformed request (e.g. a certificate request that is not acceptable)."""
+
+
+class NotFound(ControllerError):
+    """No such object (a node, a join token)."""
+
+
+class NotPossibleHere(ControllerError):
+    """This replica cannot do it (e.g. it holds no CA key); the message says where."""

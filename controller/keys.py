@@ -17,6 +17,9 @@ class Keys:
     * ``conn/<name>``             which replica holds the node's stream (replica lease)
     * ``replicas/<id>``           a live controller replica and its address (its lease)
     * ``leader``                  the elected replica (its lease)
+    * ``tokens/<id>``             join token: hash of its secret, expiry, uses left
+    * ``token-uses/<id>/<n>``     who used a join token (one key per use, written with it)
+    * ``pki/crl``                 the cluster CA's newest CRL (PEM), moved forward only
     """
 
     root: str = "/ipsecd/"
@@ -60,3 +63,17 @@ class Keys:
     @property
     def leader(self) -> str:
         return f"{self.root}leader"
+
+    @property
+    def tokens(self) -> str:
+        return f"{self.root}tokens/"
+
+    def token(self, token_id: str) -> str:
+        return f"{self.tokens}{token_id}"
+
+    def token_uses(self, token_id: str) -> str:
+        return f"{self.root}token-uses/{token_id}/"
+
+    @property
+    def crl(self) -> str:
+        return f"{self.root}pki/crl"

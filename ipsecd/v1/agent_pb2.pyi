@@ -69,20 +69,22 @@ class Pong(_message.Message):
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("snapshot", "update", "directory", "query", "ping", "resume")
+    __slots__ = ("snapshot", "update", "directory", "query", "ping", "resume", "crl")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     update: PolicyUpdate
     directory: NodeDirectory
     query: Query
     ping: Ping
     resume: Resume
-    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[PolicyUpdate, _Mapping]] = ..., directory: _Optional[_Union[NodeDirectory, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+    crl: Crl
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[PolicyUpdate, _Mapping]] = ..., directory: _Optional[_Union[NodeDirectory, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., crl: _Optional[_Union[Crl, _Mapping]] = ...) -> None: ...
 
 class PolicyRevision(_message.Message):
     __slots__ = ("revision", "sha256", "text", "created_unix_ms", "policy_digest")
@@ -141,3 +143,11 @@ class Ping(_message.Message):
     NONCE_FIELD_NUMBER: _ClassVar[int]
     nonce: int
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
+
+class Crl(_message.Message):
+    __slots__ = ("pem", "number")
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    pem: bytes
+    number: int
+    def __init__(self, pem: _Optional[bytes] = ..., number: _Optional[int] = ...) -> None: ...
