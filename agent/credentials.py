@@ -165,6 +165,18 @@ class Credentials:
             changed.append(f"{path}: {trust!r}")
         return changed
 
+    def local_changed(self) -> bool:
+        """Whether a certificate or key file in use changed since it was read (a
+        renewal): the caller applies the policy again, so new IKE SAs use it."""
+        for paths, (stamps, _made) in list(self._local.items()):
+            try:
+                now = tuple(_stamp(p) for p in paths)
+            except OSError:
+                continue
+            if now != stamps:
+                return True
+        return False
+
     def trusts(self) -> list[Trust]:
         return [t for _, t in self._trust.values()]
 

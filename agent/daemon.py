@@ -33,15 +33,18 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from cryptography import x509
 
 from ipsecd import spd, xfrm
 from ipsecd.ike import EndpointLimits, RetransmitConfig
+from ipsecd.jointoken import JoinToken
 from ipsecd.spd import NodeInfo, SpdError
 from ipsecd.v1 import types_pb2
 
 from .connections import Unusable, connection_digest, ike_config
 from .credentials import CredentialError, Credentials, NodeFiles, controller_credentials
 from .ike_driver import IkeDriver
+from .join import JoinedFiles, JoinError, join, renew, renewal_due, store_crl
 from .kernel import DesiredKernel, KernelConfigError, desired_state, kernel_reqid
 from .status import StatusServer
 from .supervisor import Conn, Supervisor, count_sas
@@ -91,6 +94,15 @@ class AgentOptions:
     #: --ike-fragment-size: the largest IKE datagram once fragmentation is in use
     #: (RFC 7383); 0 turns fragmentation off (docs/operations.md "Certificates").
     ike_fragment_size: int = 1280
+    #: Joining (agent/join.py): the token when the node has no credentials yet, the
+    #: controller's join port (None: its port + 1), and whether the node's files are
+    #: the joined ones in the state directory (then the agent renews them itself when
+    #: ``renew_fraction`` of their lifetime has passed, looking every ``renew_check`` s).
+    join_token: JoinToken | None = field(default=None, repr=False)
+    join_port: int | None = None
+    joined: bool = False
+    renew_fraction: float = 2 / 3
+    renew_check: float = 60.0
 
     @property
     def cluster(self) -> bool:
@@ -193,13 +205,17 @@ class Daemon:
         self.unmatched = UnmatchedLogger(opts.netns)
         self.credentials = Credentials(opts.node_files)
         self._recheck = asyncio.Event()
+        self.renewals = 0  # certificates renewed by this agent
+        self.crl_number = 0  # the newest CRL the controller sent
 
     # ------------------------------------------------------------------ run
     async def run(self) -> int:
         """Until stop(): 0 on an orderly stop, 1 when the first policy failed."""
         opts = self.opts
-        stream_credentials = self._stream_credentials()  # unusable files: fail before anything
         self.addresses = opts.addresses or await asyncio.to_thread(local_addresses, opts.netns)
+        if opts.join_token is not None and not JoinedFiles(opts.state_dir).present():
+            await self._join(opts.join_token)
+        stream_credentials = self._stream_credentials()  # unusable files: fail before anything
         if opts.secrets_file is not None:
             self.file_secrets = read_secrets(opts.secrets_file)
         await self.writer.open()
@@ -220,6 +236,8 @@ class Daemon:
                 self._tasks.append(asyncio.create_task(self._reloader(), name="reloader"))
             self._tasks.append(asyncio.create_task(self.unmatched.run(), name="unmatched"))
             self._tasks.append(asyncio.create_task(self._watch_credentials(), name="certs"))
+            if opts.cluster and opts.joined:
+                self._tasks.append(asyncio.create_task(self._renewer(), name="renewal"))
             await self._stop.wait()
             await self._shutdown()
             return 0
@@ -263,6 +281,100 @@ class Daemon:
                 dropped = self.supervisor.recheck_peers()
                 if dropped:
                     log.warning("%d IKE SA(s) deleted: their peers' certificates", dropped)
+            if await asyncio.to_thread(self.credentials.local_changed):
+                log.info("our certificate or key changed: new IKE SAs use the new one")
+                await self._reapply()
+
+    async def _reapply(self) -> None:
+        """Apply the policy in force again, e.g. with a renewed certificate: unchanged
+        connections keep their SAs and make new ones with the new credentials."""
+        a = self.applied
+        if a is None:
+            return
+        try:
+            await self.apply(a.text, a.source, revision=a.revision, sha256=a.sha256)
+        except ApplyError as exc:
+            log.error("the policy in force could not be applied again: %s", exc)
+
+    # ------------------------------------------------------------------ joining
+    async def _join(self, token: JoinToken) -> None:
+        """Join with ``token`` (agent/join.py); retried while the controller cannot be
+        reached, :class:`JoinError` when it refuses (or the pin does not match)."""
+        opts = self.opts
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                await join(
+                    opts.controllers,
+                    opts.join_port,
+                    opts.node,
+                    self.addresses,
+                    token,
+                    JoinedFiles(opts.state_dir),
+                )
+                return
+            except JoinError as exc:
+                if exc.final:
+                    raise
+                log.warning("%s; trying again in %.0fs", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+        raise JoinError("stopped before the node could join", final=True)
+
+    async def _renewer(self) -> None:
+        """Renew the joined certificate when ``renew_fraction`` of its lifetime has
+        passed, over the stream's channel; retried with backoff while it fails."""
+        opts = self.opts
+        files = JoinedFiles(opts.state_dir)
+        backoff = 5.0
+        while True:
+            try:
+                cert = x509.load_pem_x509_certificates(files.cert.read_bytes())[0]
+            except (OSError, ValueError) as exc:
+                log.error("%s: cannot read our certificate (%s); renewal waits", files.cert, exc)
+                await asyncio.sleep(opts.renew_check)
+                continue
+            wait = renewal_due(cert, opts.renew_fraction) - time.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, opts.renew_check))
+                continue
+            channel = self.stream.channel if self.stream is not None else None
+            if channel is None:
+                await asyncio.sleep(min(1.0, opts.renew_check))
+                continue
+            try:
+                new = await renew(channel, opts.node, self.addresses, files)
+            except JoinError as exc:
+                log.warning("certificate renewal: %s; trying again in %.0fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 300.0)
+                continue
+            backoff = 5.0
+            self.renewals += 1
+            log.info(
+                "certificate renewed: serial %x valid until %s UTC",
+                new.serial_number,
+                f"{new.not_valid_after_utc:%Y-%m-%d %H:%M:%S}",
+            )
+            await self._reapply()
+
+    async def _store_crl(self, number: int, data: bytes) -> None:
+        """The controller's CRL: kept in the state directory (crl.pem, one of the CRL
+        files IKE checks) when it is the cluster CA's and newer than the one there."""
+        ca_path = self.opts.node_files.ca
+        if ca_path is None:
+            return
+        try:
+            ca = x509.load_pem_x509_certificates(ca_path.read_bytes())
+            written = store_crl(JoinedFiles(self.opts.state_dir).crl, data, ca)
+        except (OSError, ValueError, JoinError) as exc:
+            log.error("the CRL from the controller is not used: %s", exc)
+            return
+        self.crl_number = max(self.crl_number, number)
+        if written:
+            log.info("CRL number %d from the controller: checking peers against it", number)
+            self._recheck.set()
 
     async def _shutdown(self) -> None:
         """RFC 7296 1.4.1: tell the peers (Delete), give them a moment to answer."""
@@ -583,6 +695,7 @@ class Daemon:
         from .stream import (
             AgentIdentity,
             AgentStream,
+            CrlReceived,
             DirectoryReceived,
             PolicyReceived,
             SecretsChanged,
@@ -633,6 +746,8 @@ class Daemon:
                 ):
                     log.info("secrets changed in the controller's store: applying again")
                     await reapply()
+            elif isinstance(ev, CrlReceived):
+                await self._store_crl(ev.number, ev.pem)
             elif isinstance(ev, PolicyReceived):
                 await fetch(ev.revision, ev.text)
                 try:
@@ -730,8 +845,30 @@ class Daemon:
             "counters": dict(self.supervisor.counters),
             "ike": self.driver.endpoint.stats.as_dict(),
             "controller": getattr(self.stream, "address", "") if self.stream else None,
+            "certificate": self._certificate_status(),
             "uptime": round(time.time() - self.started, 1),
         }
+
+    def _certificate_status(self) -> dict[str, Any] | None:
+        path = self.opts.node_files.cert
+        if path is None:
+            return None
+        try:
+            cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+        except (OSError, ValueError):
+            return {"file": str(path), "error": "unreadable"}
+        out: dict[str, Any] = {
+            "file": str(path),
+            "serial": f"{cert.serial_number:x}",
+            "not_after": f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+            "joined": self.opts.joined,
+            "renewals": self.renewals,
+            "crl_number": self.crl_number,
+        }
+        if self.opts.joined:
+            due = renewal_due(cert, self.opts.renew_fraction)
+            out["renew_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due))
+        return out
 
     def node_status(self) -> types_pb2.NodeStatus:
         st = self.status()

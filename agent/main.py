@@ -10,6 +10,8 @@ certificate; ``--insecure`` for plaintext)::
 
     ipsecd --controller HOST:PORT[,HOST:PORT...] --node NAME [--labels k=v,...]
            --cert NODE.pem --key NODE.key --ca CA.pem
+    ipsecd --controller HOST:PORT --node NAME --join-file FILE [--state-dir DIR]
+           (or --join TOKEN, or $IPSECD_JOIN_TOKEN: agent/join.py)
 
 Service operations (the seed's init script)::
 
@@ -38,6 +40,7 @@ from ipsecd.spd import SpdError, load_file
 
 from .credentials import NodeFiles
 from .daemon import STATE_DIR, AgentOptions, ApplyError, Daemon
+from .join import ENV_TOKEN, JoinedFiles, JoinError, read_token
 from .logsetup import setup_logging
 from .status import DEFAULT_SOCKET
 
@@ -143,6 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
         "changes (may be repeated)",
     )
     p.add_argument(
+        "--join",
+        metavar="TOKEN",
+        default=None,
+        help="cluster mode: join with this token (ipsecctl token create): the agent makes "
+        "its key and gets its certificate into --state-dir; visible in the process list, "
+        f"so prefer --join-file or ${ENV_TOKEN}",
+    )
+    p.add_argument(
+        "--join-file",
+        metavar="FILE",
+        default=None,
+        help="cluster mode: read the join token from FILE (mode 0600)",
+    )
+    p.add_argument(
+        "--join-port",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="the controller's join port (default: its port + 1)",
+    )
+    p.add_argument(
         "--ike-fragment-size",
         metavar="BYTES",
         type=int,
@@ -184,12 +208,42 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
             "-f and --controller exclude each other: a node follows either its "
             "SPD file (standalone) or the controller (cluster)"
         )
-    if controllers and not args.insecure and not (args.cert and args.key and args.ca):
+    token = read_token(text=args.join, file=args.join_file)
+    state_dir = Path(args.state_dir)
+    joined = JoinedFiles(state_dir)
+    if token is not None and not controllers:
+        raise ValueError("--join (a join token) needs --controller HOST:PORT: cluster mode")
+    if token is not None and args.insecure:
         raise ValueError(
-            "cluster mode talks mTLS to the controller: pass --cert FILE --key FILE --ca "
-            "FILE (this node's certificate from `ipsecd-controller issue --role node`), or "
-            "pass --insecure for plaintext gRPC to a controller started with --insecure"
+            "--join and --insecure exclude each other: joining pins the cluster CA and "
+            "talks TLS; a controller started with --insecure has no CA"
         )
+    if token is not None and (args.cert or args.key or args.ca):
+        raise ValueError(
+            "--join and --cert/--key/--ca exclude each other: a joining node makes its own "
+            f"key and gets its certificate into {state_dir}"
+        )
+    use_joined = (
+        bool(controllers)
+        and not args.insecure
+        and not (args.cert or args.key or args.ca)
+        and (token is not None or joined.present())
+    )
+    if (
+        controllers
+        and not args.insecure
+        and not use_joined
+        and not (args.cert and args.key and args.ca)
+    ):
+        raise ValueError(
+            "cluster mode talks mTLS to the controller: join with a token (--join-file "
+            f"FILE, ${ENV_TOKEN} or --join TOKEN; ipsecctl token create), or pass --cert "
+            "FILE --key FILE --ca FILE (this node's certificate from `ipsecd-controller "
+            "issue --role node`), or pass --insecure for plaintext gRPC to a controller "
+            "started with --insecure"
+        )
+    if args.join_port is not None and not 0 < args.join_port < 65536:
+        raise ValueError(f"--join-port {args.join_port} is not a port (1..65535)")
     if controllers and args.backup:
         raise ValueError("-b is for standalone mode (the controller keeps the revisions)")
     spd_file = Path(args.file or DEFAULT_SPD)
@@ -200,12 +254,18 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
             f"--ike-fragment-size {args.ike_fragment_size}: give the path MTU to the "
             "peers, 576..65535 bytes (or 0 to turn IKE fragmentation off)"
         )
-    node_files = NodeFiles(
-        Path(args.cert) if args.cert else None,
-        Path(args.key) if args.key else None,
-        Path(args.ca) if args.ca else None,
-        tuple(Path(c) for c in args.crl),
-    )
+    crls = [Path(c) for c in args.crl]
+    if controllers and not args.insecure and joined.crl not in crls:
+        crls.append(joined.crl)  # the CRL the controller pushes (docs/security.md)
+    if use_joined:
+        node_files = NodeFiles(joined.cert, joined.key, joined.ca, tuple(crls))
+    else:
+        node_files = NodeFiles(
+            Path(args.cert) if args.cert else None,
+            Path(args.key) if args.key else None,
+            Path(args.ca) if args.ca else None,
+            tuple(crls),
+        )
     return AgentOptions(
         node=args.node or socket.gethostname(),
         spd_file=None if controllers else spd_file,
@@ -216,13 +276,16 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         labels=_pairs(args.labels, "--labels"),
         addresses=tuple(filter(None, (a.strip() for a in args.addresses.split(",")))),
         secrets_file=Path(args.secrets) if args.secrets else None,
-        state_dir=Path(args.state_dir),
+        state_dir=state_dir,
         socket_path=Path(args.socket),
         netns=args.netns,
         log_unmatched=args.log_unmatched,
         node_files=node_files,
         ike_fragment_size=args.ike_fragment_size,
         insecure=bool(controllers) and args.insecure,
+        join_token=token if use_joined and not joined.present() else None,
+        join_port=args.join_port,
+        joined=use_joined,
     )
 
 
@@ -267,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     except ApplyError as exc:
         logging.getLogger("ipsecd.agent").error("%s", exc)
         return 1
+    except JoinError as exc:
+        logging.getLogger("ipsecd.agent").error("cannot join: %s", exc)
+        return 2
     except KeyboardInterrupt:
         return 0
     except Exception as exc:

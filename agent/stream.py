@@ -45,6 +45,7 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "AgentIdentity",
     "AgentStream",
+    "CrlReceived",
     "DirectoryReceived",
     "PolicyReceived",
     "SecretsChanged",
@@ -123,7 +124,18 @@ class SecretsChanged:
     generation: int
 
 
-StreamEvent = PolicyReceived | DirectoryReceived | StreamConnected | StreamLost | SecretsChanged
+@dataclass(frozen=True, slots=True)
+class CrlReceived:
+    """The cluster CA's CRL (sent after the opening message and when a newer one is
+    published: docs/security.md "Revocation")."""
+
+    number: int
+    pem: bytes = field(repr=False)
+
+
+StreamEvent = (
+    PolicyReceived | DirectoryReceived | StreamConnected | StreamLost | CrlReceived | SecretsChanged
+)
 EventHandler = Callable[[StreamEvent], Awaitable[None]]
 StatusProvider = Callable[[], types_pb2.NodeStatus]
 
@@ -169,7 +181,7 @@ class AgentStream:
         self.address = ""  # controller address of the current stream ("" when down)
         self._shas: dict[int, str] = {}
         self._call: Any = None
-        self._channel_now: grpc.aio.Channel | None = None  # of the current stream
+        self.channel: grpc.aio.Channel | None = None  # of the current stream (unary calls)
         self._write_lock = asyncio.Lock()
         self._closed = asyncio.Event()
         self._index = 0
@@ -239,7 +251,7 @@ class AgentStream:
         """This node's secrets for ``revision`` (docs/security.md "Secrets"), asked over
         the current stream's channel: ``(revision, {NAME or NAME@PEER: value})``.
         Raises ``grpc.aio.AioRpcError``, or ``ConnectionError`` when no stream is up."""
-        channel = self._channel_now
+        channel = self.channel
         if channel is None:
             raise ConnectionError("no controller stream is up")
         stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -291,9 +303,9 @@ class AgentStream:
         reporter: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         async with self._channel(address) as channel:
+            self.channel = channel
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             self._call = call
-            self._channel_now = channel
             self._last_rx = loop.time()
             self._idle = False
             # One watchdog per stream instead of ``wait_for`` around every read (which
@@ -320,7 +332,7 @@ class AgentStream:
                             reporter = asyncio.create_task(self._report_loop())
                     await self._dispatch(address, msg)
             finally:
-                self._channel_now = None
+                self.channel = None
                 watchdog.cancel()
                 if reporter is not None:
                     reporter.cancel()
@@ -367,6 +379,8 @@ class AgentStream:
             await self._directory(msg.directory)
         elif kind == "secrets_changed":
             await self.on_event(SecretsChanged(msg.secrets_changed.generation))
+        elif kind == "crl":
+            await self.on_event(CrlReceived(msg.crl.number, msg.crl.pem))
 
     async def _policy(self, p: agent_pb2.PolicyRevision, *, via_snapshot: bool) -> None:
         self._shas[p.revision] = p.sha256

@@ -49,6 +49,7 @@ from ipsecd.roles import Role, RoleError, role_of
 __all__ = [
     "METHOD_ROLES",
     "SECRET_ROLES",
+    "WITHOUT_CERTIFICATE",
     "Authorizer",
     "AuthzInterceptor",
     "CertificateAuthorizer",
@@ -83,8 +84,21 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = MappingProxyType(
         "/ipsecd.v1.AgentService/Connect": frozenset({Role.NODE}),
         # its own node's secrets only (check_node in the handler)
         "/ipsecd.v1.AgentService/FetchSecrets": frozenset({Role.NODE}),
+        # the token in the request authenticates a joining node (see WITHOUT_CERTIFICATE)
+        "/ipsecd.v1.JoinService/Join": frozenset(Role),
+        # a node renews its own certificate only (the handler takes the caller's name)
+        "/ipsecd.v1.JoinService/Renew": frozenset({Role.NODE}),
+        "/ipsecd.v1.NodeAdminService/CreateToken": ADMIN_ONLY,
+        "/ipsecd.v1.NodeAdminService/ListTokens": ADMIN_ONLY,
+        "/ipsecd.v1.NodeAdminService/DeleteToken": ADMIN_ONLY,
+        "/ipsecd.v1.NodeAdminService/RemoveNode": ADMIN_ONLY,
     }
 )
+
+#: The only RPCs callable without a client certificate (on the join port, which does
+#: not ask for one: docs/security.md "Joining a node").  Everything else without a
+#: certificate is refused with UNAUTHENTICATED.
+WITHOUT_CERTIFICATE: frozenset[str] = frozenset({"/ipsecd.v1.JoinService/Join"})
 
 #: Who may see literal keys and PSKs (``--show-secrets``).
 SECRET_ROLES = ADMIN_ONLY
@@ -302,12 +316,12 @@ class CertificateAuthorizer:
     def authenticate(self, context: Any) -> Principal:
         auth = context.auth_context() or {}
         pems = auth.get("x509_pem_cert") or []
-        if auth.get("transport_security_type") != [b"ssl"] or not pems:
-            raise Denied(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "no client certificate: this controller serves mTLS only; use an "
-                "ipsecctl config (--config) or the agent's --cert/--key/--ca",
-            )
+        if auth.get("transport_security_type") != [b"ssl"]:
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, _NO_CERTIFICATE)
+        if not pems:
+            # TLS without a client certificate (the join port): anonymous; only the
+            # RPCs of WITHOUT_CERTIFICATE let it through (authorize)
+            return Principal(True)
         pem = bytes(pems[0])
         known = self._cache.get(pem)
         if known is None:
@@ -347,6 +361,10 @@ class CertificateAuthorizer:
         roles = METHOD_ROLES.get(method)
         if roles is None:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, f"{method}: not callable")
+        if principal.role is None:
+            if method in WITHOUT_CERTIFICATE:
+                return
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, _NO_CERTIFICATE)
         if principal.role not in roles:
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -370,6 +388,12 @@ class CertificateAuthorizer:
             f"{principal.identity} may not stream as node {node!r}: an agent connects "
             "with its own node's certificate and --node name",
         )
+
+
+_NO_CERTIFICATE = (
+    "no client certificate: this controller serves mTLS only (without a certificate only "
+    "Join is callable); use an ipsecctl config (--config) or the agent's --cert/--key/--ca"
+)
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -62,10 +62,12 @@ __all__ = [
     "ROLE_URI_PREFIX",
     "CaError",
     "CertificateAuthority",
+    "NodeRequest",
     "PrivateKey",
     "Role",
     "RoleIdentity",
     "check_name",
+    "check_node_csr",
     "check_private_file",
     "crl_serials",
     "describe",
@@ -349,10 +351,12 @@ class CertificateAuthority:
         hosts: Sequence[str] = (),
         days: int = 365,
         now: dt.datetime | None = None,
+        lifetime: dt.timedelta | None = None,
     ) -> x509.Certificate:
         """A certificate for ``role``/``name`` on ``public_key``.  ``hosts``: the node's
         addresses, or the controller's host names and addresses (ignored for admin and
-        viewer)."""
+        viewer).  ``lifetime`` (instead of ``days``): validity from now; the certificate
+        starts at most a tenth of it (at most 5 minutes) in the past."""
         check_name(name)
         ident = RoleIdentity(role, name)
         now = now or _now()
@@ -373,7 +377,9 @@ class CertificateAuthority:
             public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
         ):
             raise CaError(f"cannot issue for a {type(public_key).__name__}")
-        not_after = min(now + dt.timedelta(days=days), self.cert.not_valid_after_utc)
+        span = lifetime if lifetime is not None else dt.timedelta(days=days)
+        backdate = min(BACKDATE, span / 10)
+        not_after = min(now + span, self.cert.not_valid_after_utc)
         if not_after <= now:
             raise CaError(
                 f"the CA {describe(self.cert)} expires on "
@@ -386,7 +392,7 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
+            .not_valid_before(now - backdate)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -463,6 +469,126 @@ def crl_serials(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> fr
     except (ValueError, UnsupportedAlgorithm):
         return None
     return frozenset(entry.serial_number for entry in crl)
+
+
+# --------------------------------------------------------------------------- CSRs
+
+#: Largest CSR accepted (a P-256 CSR with a few addresses is ~400 bytes, RSA 4096 ~1.7 KB).
+MAX_CSR_BYTES = 16 * 1024
+#: Addresses one node certificate may carry.
+MAX_NODE_ADDRESSES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRequest:
+    """What a node's CSR asks for, once checked: its key and its addresses."""
+
+    name: str
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+    addresses: tuple[str, ...]
+
+
+def _key_problem(key: object) -> str | None:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name in ("secp256r1", "secp384r1", "secp521r1"):
+            return None
+        return f"an ECDSA key on curve {key.curve.name}"
+    if isinstance(key, rsa.RSAPublicKey):
+        return None if key.key_size >= 2048 else f"an RSA key of {key.key_size} bits"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return None
+    return f"a {type(key).__name__.removeprefix('_')}"
+
+
+def check_node_csr(der: bytes, node: str) -> NodeRequest:
+    """Check a node's PKCS#10 request (DER) for ``node``: a valid self-signature; the
+    subject ``CN=node`` (or empty); subjectAltNames only ``DNS:node``, the node's role
+    URI and IP addresses; no CA (basicConstraints cA=TRUE, keyCertSign, cRLSign); an
+    ECDSA P-256/P-384/P-521, RSA >= 2048 or Ed25519 key.  :class:`CaError` says what
+    is wrong.  Only the key and the addresses are taken: the controller writes every
+    extension of the certificate itself (:meth:`CertificateAuthority.issue`)."""
+    check_name(node, "node name")
+    if len(der) > MAX_CSR_BYTES:
+        raise CaError(f"the certificate request is {len(der)} bytes, over {MAX_CSR_BYTES}")
+    try:
+        csr = x509.load_der_x509_csr(der)
+    except ValueError:
+        raise CaError("the certificate request is not a DER PKCS#10 request") from None
+    try:
+        key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise CaError("the certificate request's key cannot be read") from None
+    problem = _key_problem(key)
+    if problem is not None:
+        raise CaError(
+            f"the certificate request has {problem}: node keys are ECDSA P-256 (the "
+            "default), P-384 or P-521, RSA of 2048 bits or more, or Ed25519"
+        )
+    assert isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey)
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        valid = False
+    if not valid:
+        raise CaError("the certificate request's signature does not verify")
+    try:
+        cns = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        other = [a for a in csr.subject if a.oid != NameOID.COMMON_NAME]
+        extensions = list(csr.extensions)
+    except ValueError:
+        raise CaError("the certificate request's subject or extensions cannot be parsed") from None
+    if cns != [node] and cns:
+        raise CaError(
+            f"the certificate request is for CN={str(cns[0])[:80]!r}, not node {node!r}: a "
+            "node asks only for its own name"
+        )
+    if other:
+        raise CaError("the certificate request's subject may hold only CN=NODE")
+    addresses: list[str] = []
+    for ext in extensions:
+        value = ext.value
+        if isinstance(value, x509.BasicConstraints):
+            if value.ca:
+                raise CaError(
+                    "the certificate request asks for a CA certificate (basicConstraints "
+                    "cA=TRUE): a node certificate can never sign others"
+                )
+        elif isinstance(value, x509.KeyUsage):
+            if value.key_cert_sign or value.crl_sign:
+                raise CaError(
+                    "the certificate request asks for keyCertSign or cRLSign: a node "
+                    "certificate can never sign certificates or CRLs"
+                )
+        elif isinstance(value, x509.SubjectAlternativeName):
+            for gn in value:
+                if isinstance(gn, x509.DNSName) and gn.value == node:
+                    continue
+                if isinstance(gn, x509.UniformResourceIdentifier) and gn.value == (
+                    RoleIdentity(Role.NODE, node).uri
+                ):
+                    continue
+                if isinstance(gn, x509.IPAddress) and isinstance(
+                    gn.value, ipaddress.IPv4Address | ipaddress.IPv6Address
+                ):
+                    addresses.append(str(gn.value))
+                    continue
+                raise CaError(
+                    f"the certificate request names {str(gn.value)[:80]!r}: a node asks only "
+                    f"for DNS:{node}, its role URI and its IP addresses"
+                )
+        elif isinstance(value, x509.ExtendedKeyUsage):
+            continue  # the controller sets its own
+        else:
+            raise CaError(
+                f"the certificate request asks for the extension {ext.oid.dotted_string}; only "
+                "subjectAltName, basicConstraints, keyUsage and extendedKeyUsage are read"
+            )
+    unique = tuple(dict.fromkeys(addresses))
+    if len(unique) > MAX_NODE_ADDRESSES:
+        raise CaError(
+            f"the certificate request names {len(unique)} addresses, over {MAX_NODE_ADDRESSES}"
+        )
+    return NodeRequest(node, key, unique)
 
 
 # --------------------------------------------------------------------------- files

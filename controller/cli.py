@@ -35,6 +35,7 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from controller.cli_convert import register as _register_convert
+from controller.cli_nodes import register as _register_nodes
 from controller.cli_remote import register as _register_remote
 from ipsecd.spd import (
     Diagnostic,
@@ -71,7 +72,12 @@ def _register_local(subparsers: Any) -> None:
 
 
 #: Functions that add subcommands.  Other modules' ``register`` functions go here.
-REGISTRARS: list[Registrar] = [_register_local, _register_remote, _register_convert]
+REGISTRARS: list[Registrar] = [
+    _register_local,
+    _register_remote,
+    _register_convert,
+    _register_nodes,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,7 +66,7 @@ from controller.limits import (
 )
 from ipsecd.v1 import policy_pb2, policy_pb2_grpc, status_pb2, status_pb2_grpc, types_pb2
 
-__all__ = ["EXIT", "main", "register"]
+__all__ = ["EXIT", "common_options", "main", "register", "runner"]
 
 DEFAULT_CONTROLLER = "127.0.0.1:7480"
 ENV_CONTROLLER = "IPSECCTL_CONTROLLER"
@@ -500,8 +500,8 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def register(subparsers: Any) -> None:
-    """Add the remote subcommands to ``ipsecctl``'s subparsers (called by cli.py)."""
+def common_options() -> argparse.ArgumentParser:
+    """The options every remote subcommand takes (a parent parser)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--controller",
@@ -522,6 +522,16 @@ def register(subparsers: Any) -> None:
         help="plaintext gRPC to a controller started with --insecure (no config)",
     )
     common.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    return common
+
+
+#: The runner of a remote subcommand: resolve the target, dial, map errors to exits.
+runner = _runner
+
+
+def register(subparsers: Any) -> None:
+    """Add the remote subcommands to ``ipsecctl``'s subparsers (called by cli.py)."""
+    common = common_options()
 
     def add(name: str, command: Command, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], help=help_text)

@@ -53,9 +53,22 @@ class InvalidArgument(ControllerError):
     """A request field is wrong (e.g. a bad secret name); the message says how."""
 
 
-class NotFound(ControllerError):
-    """The named thing (a secret, ...) does not exist."""
-
-
 class SecretsUnavailable(ControllerError):
     """The controller cannot open its secrets (no envelope key, or another one)."""
+
+
+class NotAuthenticated(ControllerError):
+    """A credential in the request (a join token) is not valid: unknown, wrong secret,
+    expired or used up."""
+
+
+class BadRequest(ControllerError):
+    """A malformed request (e.g. a certificate request that is not acceptable)."""
+
+
+class NotFound(ControllerError):
+    """No such object (a node, a join token, a secret)."""
+
+
+class NotPossibleHere(ControllerError):
+    """This replica cannot do it (e.g. it holds no CA key); the message says where."""

@@ -72,6 +72,7 @@ class StreamState:
         "control",
         "directory",
         "first",
+        "forget",
         "inflight",
         "killed",
         "last_rx",
@@ -107,6 +108,7 @@ class StreamState:
         self.first: list[bytes] = []  # the opening message(s): written before any slot
         self.reason = ""  # why the controller ended the stream ("" when it did not)
         self.serial: int | None = None  # the agent's certificate serial (mTLS)
+        self.forget = False  # the node was removed: no last registry record when it ends
 
     def stalled_for(self, now: float) -> float:
         """Seconds the write in progress has been pending (0 when none is)."""
@@ -257,6 +259,8 @@ class Hub:
         self.directory_bytes: bytes | None = None
         self.directory_message = agent_pb2.NodeDirectory()
         self.serializations = 0  # policy updates serialized (one per revision): for tests
+        self.crl_number = 0
+        self.crl_bytes: bytes | None = None  # the newest CRL as a ControllerMessage
         self._snapshot_cache: dict[tuple[int, int, bool], bytes] = {}
 
     def publish(self, rev: Revision) -> bool:
@@ -284,6 +288,20 @@ class Hub:
         self._snapshot_cache.clear()
         for stream in self.streams.values():
             stream.offer_directory(self.directory_version, data)
+
+    def publish_crl(self, number: int, pem_data: bytes) -> bool:
+        """Send the cluster CA's CRL to every stream (and to new ones after their
+        opening message); False when it is not newer than the one we have."""
+        if number <= self.crl_number:
+            return False
+        self.crl_number = number
+        data = agent_pb2.ControllerMessage(
+            crl=agent_pb2.Crl(pem=pem_data, number=number)
+        ).SerializeToString()
+        self.crl_bytes = data
+        for stream in self.streams.values():
+            stream.offer_control(data)
+        return True
 
     def snapshot_bytes(self, with_directory: bool) -> bytes:
         """The full-state message (cached per revision, directory version and kind)."""

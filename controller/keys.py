@@ -19,6 +19,9 @@ class Keys:
     * ``leader``                  the elected replica (its lease)
     * ``secrets/<name>``          one secret, sealed with the envelope key
       (controller/secretstore.py)
+    * ``tokens/<id>``             join token: hash of its secret, expiry, uses left
+    * ``token-uses/<id>/<n>``     who used a join token (one key per use, written with it)
+    * ``pki/crl``                 the cluster CA's newest CRL (PEM), moved forward only
     """
 
     root: str = "/ipsecd/"
@@ -69,3 +72,17 @@ class Keys:
 
     def secret(self, name: str) -> str:
         return f"{self.secrets}{name}"
+
+    @property
+    def tokens(self) -> str:
+        return f"{self.root}tokens/"
+
+    def token(self, token_id: str) -> str:
+        return f"{self.tokens}{token_id}"
+
+    def token_uses(self, token_id: str) -> str:
+        return f"{self.root}token-uses/{token_id}/"
+
+    @property
+    def crl(self) -> str:
+        return f"{self.root}pki/crl"

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from controller import pkicmd
 from controller.authz import Authorizer, CertificateAuthorizer, InsecureAuthorizer
@@ -151,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry transient etcd errors (leader changes) for up to S seconds, within "
         "the deadline of the request that needs etcd",
     )
+    p.add_argument(
+        "--join-listen",
+        metavar="HOST:PORT|none",
+        help="where nodes join with a token (TLS without client certificates; only Join "
+        "is callable there); default: the --listen host, port + 1; 'none': no joins",
+    )
+    p.add_argument(
+        "--node-cert-days",
+        type=float,
+        default=365.0,
+        metavar="DAYS",
+        help="validity of node certificates issued by join and renewal (default 365); "
+        "agents renew theirs when two thirds of it have passed",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -183,6 +199,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(
             "--etcd-cert needs --etcd-cacert: the CA that signed the etcd members' certificates"
         )
+    if not 0 < args.node_cert_days <= 3650:
+        p.error("--node-cert-days must be more than 0 and at most 3650")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +212,10 @@ class Security:
     peer_credentials: grpc.ChannelCredentials | None = None
     #: host names and addresses the serving certificate names
     names: tuple[str, ...] = ()
+    #: the join port's TLS (no client certificate asked for; the chain carries the CA)
+    join_credentials: grpc.ServerCredentials | None = None
+    #: the state directory holding the cluster CA (Join, Renew, node removal)
+    state_dir: Path | None = None
 
 
 def mtls_security(state_dir: Path) -> Security:
@@ -201,6 +223,11 @@ def mtls_security(state_dir: Path) -> Security:
     required and authorized by role.  :class:`CaError` when the directory has no usable
     CA (the message says to run ``ipsecd-controller init``)."""
     material = load_serving(state_dir)
+    # The join port presents the CA after the serving chain: a joining agent checks it
+    # against the pin of its token before it trusts anything (docs/security.md).
+    chain = x509.load_pem_x509_certificates(material.server_chain_pem)
+    with_ca = [*chain, *(c for c in material.ca_certs if c not in chain)]
+    join_chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in with_ca)
     return Security(
         CertificateAuthorizer(material.ca_certs, material.crl_path),
         grpc.ssl_server_credentials(
@@ -214,6 +241,10 @@ def mtls_security(state_dir: Path) -> Security:
             material.ca_pem, material.server_key_pem, material.server_chain_pem
         ),
         material.names(),
+        grpc.ssl_server_credentials(
+            [(material.server_key_pem, join_chain)], require_client_auth=False
+        ),
+        state_dir,
     )
 
 
@@ -231,6 +262,16 @@ def certificate_names(host: str, names: tuple[str, ...]) -> bool:
         if name.startswith("*.") and dot and first and name[2:] == rest:
             return True
     return False
+
+
+def join_address(args: argparse.Namespace) -> str | None:
+    """The join port's address: ``--join-listen``, else the ``--listen`` host with the
+    port + 1; None for ``none``."""
+    if args.join_listen is not None:
+        return None if args.join_listen.lower() == "none" else args.join_listen
+    host, port = split_hostport(args.listen, 7480)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{(port or 7480) + 1}"
 
 
 def security(args: argparse.Namespace) -> Security:
@@ -342,6 +383,7 @@ async def serve(args: argparse.Namespace) -> int:
             ping_timeout=args.ping_interval * 3.5,
             max_policy_bytes=args.max_policy_bytes,
             drain_timeout=args.stream_drain_timeout,
+            node_cert_lifetime=args.node_cert_days * 86400.0,
         )
         controller = Controller(
             store,
@@ -349,12 +391,30 @@ async def serve(args: argparse.Namespace) -> int:
             authorizer=sec.authorizer,
             peer_credentials=sec.peer_credentials,
             envelope=sealing,
+            state_dir=sec.state_dir,
         )
-        port = await controller.start(args.listen, credentials=sec.credentials)
+        join_at = join_address(args) if sec.join_credentials is not None else None
+        if (
+            join_at is not None
+            and sec.state_dir is not None
+            and not (sec.state_dir / "pki" / "ca.key").exists()
+        ):
+            logging.info("no CA key in %s: this replica takes no joins", sec.state_dir)
+            join_at = None
+        port = await controller.start(
+            args.listen,
+            credentials=sec.credentials,
+            join_listen=join_at,
+            join_credentials=sec.join_credentials,
+        )
         mode = "mTLS" if sec.credentials is not None else "plaintext, --insecure"
         logging.info("controller %s serving on port %d (%s)", config.replica_id, port, mode)
+        joins = ""
+        if controller.join_port and join_at is not None:
+            joins = f", joins on {join_at.rsplit(':', 1)[0]}:{controller.join_port}"
         print(
-            f"ipsecd-controller: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode})",
+            f"ipsecd-controller: listening on {args.listen.rsplit(':', 1)[0]}:{port} "
+            f"({mode}){joins}",
             flush=True,
         )
         stop = asyncio.Event()

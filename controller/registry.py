@@ -256,9 +256,17 @@ class Registry:
         )
         local.touch()
 
-    def disconnected(self, node: str) -> None:
+    def forget(self, node: str) -> None:
+        """The node was removed (ipsecctl node remove): nothing more is written for it."""
+        self.local.pop(node, None)
+        self.last_seen.pop(node, None)
+        self._pending_final = [r for r in self._pending_final if r.get("name") != node]
+
+    def disconnected(self, node: str, *, final: bool = True) -> None:
         local = self.local.pop(node, None)
-        if local is not None:
+        if not final:
+            self.last_seen.pop(node, None)
+        elif local is not None:
             local.record["last_seen_unix_ms"] = self.last_seen.pop(node, _now_ms())
             self._pending_final.append(local.record)
         self.conn_deletes.add(node)

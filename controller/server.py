@@ -33,9 +33,11 @@ import ipaddress
 import itertools
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -51,11 +53,14 @@ from controller.authz import (
     current_principal,
 )
 from controller.errors import (
+    BadRequest,
     ConflictError,
     ControllerError,
     InputTooLarge,
     InvalidArgument,
+    NotAuthenticated,
     NotFound,
+    NotPossibleHere,
     PermissionDenied,
     RevisionNotFound,
     SecretsUnavailable,
@@ -66,6 +71,7 @@ from controller.errors import (
     ValidatorUnavailable,
 )
 from controller.hub import Hub, StreamState
+from controller.joining import DEFAULT_NODE_LIFETIME, NodeIdentities, crl_number
 from controller.keys import Keys
 from controller.limits import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -91,11 +97,14 @@ from controller.secretstore import (
 from controller.spdcheck import redact, validate
 from controller.store import Store, WatchEvent
 from ipsecd import spd
+from ipsecd.roles import Role
 from ipsecd.spd.literals import find_literal_keys
 from ipsecd.spd.nodes import NodeInfo
 from ipsecd.spd.secrets import SecretRef
 from ipsecd.v1 import (
     agent_pb2,
+    join_pb2,
+    join_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     status_pb2,
@@ -130,9 +139,12 @@ STATUS_OF: dict[type[ControllerError], tuple[grpc.StatusCode, str]] = {
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "permission-denied"),
     ValidatorUnavailable: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
     InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
-    NotFound: (grpc.StatusCode.NOT_FOUND, "not-found"),
     SecretsUnavailable: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
     EnvelopeError: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
+    NotAuthenticated: (grpc.StatusCode.UNAUTHENTICATED, "permission-denied"),
+    BadRequest: (grpc.StatusCode.INVALID_ARGUMENT, "usage"),
+    NotFound: (grpc.StatusCode.NOT_FOUND, "not-found"),
+    NotPossibleHere: (grpc.StatusCode.FAILED_PRECONDITION, "error"),
 }
 
 #: (revision, directory version, node) -> that node's secrets; cleared when full
@@ -179,6 +191,8 @@ class ControllerConfig:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     # how often the CRL is looked at for streams of newly revoked certificates (mTLS)
     revocation_interval: float = 2.0
+    # validity of node certificates issued by Join and Renew (seconds)
+    node_cert_lifetime: float = DEFAULT_NODE_LIFETIME
 
 
 class _Oversize:
@@ -445,6 +459,96 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         return await self.c.node_status(request, context)
 
 
+def _node_credentials(issued: Any) -> join_pb2.NodeCredentials:
+    cert = issued.cert
+    return join_pb2.NodeCredentials(
+        certificate=issued.chain_pem,
+        ca=issued.ca_pem,
+        crl=issued.crl_pem,
+        serial=f"{cert.serial_number:x}",
+        not_after_unix=int(cert.not_valid_after_utc.timestamp()),
+        revoked_serials=[f"{r.serial:x}" for r in issued.revoked],
+    )
+
+
+class JoinServicer(join_pb2_grpc.JoinServiceServicer):
+    """Join (no client certificate: the token authenticates) and Renew (a node, for
+    its own name).  controller/joining.py does the work."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    async def Join(self, request: Any, context: Any) -> join_pb2.NodeCredentials:
+        self.c.join_calls += 1
+        issued = await _guard(
+            context,
+            self.c.identities.join(
+                request.token_id, request.token_secret, request.node, request.csr
+            ),
+        )
+        return _node_credentials(issued)
+
+    async def Renew(self, request: Any, context: Any) -> join_pb2.NodeCredentials:
+        principal = _principal()
+
+        async def work() -> Any:
+            if principal.role != Role.NODE:
+                raise PermissionDenied(
+                    f"{principal.identity} may not renew: Renew is for a node's own certificate"
+                )
+            return await self.c.identities.renew(principal.name, request.csr)
+
+        return _node_credentials(await _guard(context, work()))
+
+
+def _token_info(rec: Any, used_by: list[str]) -> join_pb2.TokenInfo:
+    return join_pb2.TokenInfo(
+        id=rec.id,
+        created_unix=rec.created_unix,
+        expires_unix=rec.expires_unix,
+        uses=rec.uses,
+        uses_left=rec.uses_left,
+        node=rec.node,
+        created_by=rec.created_by,
+        description=rec.description,
+        used_by=used_by,
+    )
+
+
+class NodeAdminServicer(join_pb2_grpc.NodeAdminServiceServicer):
+    """Join tokens and node removal (admin)."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    async def CreateToken(self, request: Any, context: Any) -> join_pb2.CreateTokenResponse:
+        async def work() -> join_pb2.CreateTokenResponse:
+            token, rec = await self.c.identities.create_token(
+                ttl=request.ttl_seconds,
+                uses=request.uses,
+                node=request.node,
+                description=request.description,
+                created_by=_principal().identity,
+            )
+            return join_pb2.CreateTokenResponse(token=token.text(), info=_token_info(rec, []))
+
+        return await _guard(context, work())
+
+    async def ListTokens(self, request: Any, context: Any) -> join_pb2.ListTokensResponse:
+        async def work() -> join_pb2.ListTokensResponse:
+            found = await self.c.identities.list_tokens()
+            return join_pb2.ListTokensResponse(tokens=[_token_info(r, u) for r, u in found])
+
+        return await _guard(context, work())
+
+    async def DeleteToken(self, request: Any, context: Any) -> join_pb2.DeleteTokenResponse:
+        await _guard(context, self.c.identities.delete_token(request.id))
+        return join_pb2.DeleteTokenResponse()
+
+    async def RemoveNode(self, request: Any, context: Any) -> join_pb2.RemoveNodeResponse:
+        return await _guard(context, self.c.remove_node(request.node))
+
+
 class Controller:
     """One controller replica.  ``await start(listen)``, later ``await stop()``."""
 
@@ -456,8 +560,10 @@ class Controller:
         authorizer: Authorizer | None = None,
         peer_credentials: grpc.ChannelCredentials | None = None,
         envelope: Envelope | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.store = store
+        self.state_dir = state_dir  # the cluster CA (Join, Renew, node removal, CRL)
         self.peer_credentials = peer_credentials  # replica -> replica (status forwarding)
         self.config = config
         self.keys = Keys(config.key_root)
@@ -491,11 +597,30 @@ class Controller:
         self._stopping = False
         self._ping_bytes = agent_pb2.ControllerMessage(ping=agent_pb2.Ping()).SerializeToString()
         self.dropped_stalled = 0  # streams dropped because a write stayed pending
+        self.join_port = 0
+        self.join_calls = 0  # Join RPCs that reached the handler (tests)
+        self.identities = NodeIdentities(
+            store,
+            self.keys,
+            state_dir,
+            node_lifetime=config.node_cert_lifetime,
+            address_owner=self._address_owner,
+        )
 
     # -- lifecycle --------------------------------------------------------------------
-    async def start(self, listen: str, *, credentials: grpc.ServerCredentials | None = None) -> int:
+    async def start(
+        self,
+        listen: str,
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        join_listen: str | None = None,
+        join_credentials: grpc.ServerCredentials | None = None,
+    ) -> int:
         """Serve on ``listen``: mTLS with ``credentials`` (then the authorizer must
-        authenticate certificates), plaintext without."""
+        authenticate certificates), plaintext without.  ``join_listen`` with
+        ``join_credentials`` (TLS that asks for no client certificate, whose chain
+        carries the CA): the join port, where only Join passes the authorizer
+        (controller/authz.py ``WITHOUT_CERTIFICATE``)."""
         if (credentials is not None) != self.authorizer.secure:
             raise ValueError(
                 "server credentials and authorizer disagree: mTLS needs a certificate "
@@ -507,6 +632,8 @@ class Controller:
         )
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self), server)
         status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(self), server)
+        join_pb2_grpc.add_JoinServiceServicer_to_server(JoinServicer(self), server)
+        join_pb2_grpc.add_NodeAdminServiceServicer_to_server(NodeAdminServicer(self), server)
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
@@ -532,6 +659,13 @@ class Controller:
             self.port = server.add_secure_port(listen, credentials)
         if not self.port:
             raise OSError(f"cannot listen on {listen} (address in use or not local?)")
+        if join_listen is not None and join_credentials is not None:
+            self.join_port = server.add_secure_port(join_listen, join_credentials)
+            if not self.join_port:
+                raise OSError(
+                    f"cannot listen on {join_listen} for joining nodes (address in use or "
+                    "not local?); pick another --join-listen, or 'none'"
+                )
         await server.start()
         self.server = server
         for coro in (
@@ -582,6 +716,9 @@ class Controller:
         replicas, _ = await self.store.get_prefix(keys.replicas)
         self.view.load([(kv.key, kv.value) for kv in nodes], [(kv.key, kv.value) for kv in conns])
         self.view.replicas = {kv.key[len(keys.replicas) :]: json.loads(kv.value) for kv in replicas}
+        crl = await self.store.get(keys.crl)
+        if crl is not None:
+            self._take_crl(crl.value)
         # Not one snapshot: watching from the first read's revision re-applies later
         # changes, which is idempotent.
         return rev
@@ -644,6 +781,9 @@ class Controller:
             if ev.key == self.keys.leader:
                 if ev.value is None:
                     self._campaign.set()
+            elif ev.key == self.keys.crl:
+                if ev.value is not None:
+                    self._take_crl(ev.value)
             else:
                 self.view.apply(ev)
         if changed:
@@ -764,12 +904,13 @@ class Controller:
         seen: frozenset[int] = frozenset()
         while not self._stopping:
             await asyncio.sleep(self.config.revocation_interval)
+            await self._publish_local_crl()
             revoked = self.authorizer.revoked()
             if revoked == seen:
                 continue
             seen = revoked
             for stream in list(self.hub.streams.values()):
-                if stream.serial is not None and stream.serial in revoked:
+                if stream.serial is not None and stream.serial in revoked and not stream.closed:
                     _log.warning(
                         "node %s: its certificate (serial %#x) was revoked; closing its stream",
                         stream.node,
@@ -881,6 +1022,94 @@ class Controller:
 
         return await _guard(context, work())
 
+    # -- the CRL, node removal ---------------------------------------------------------
+    @property
+    def crl_path(self) -> Path | None:
+        return None if self.state_dir is None else self.state_dir / "pki" / "crl.pem"
+
+    async def _publish_local_crl(self) -> None:
+        """A CRL file newer than the cluster's (``ipsecd-controller revoke`` or ``crl``
+        on this host) goes to etcd, and from there to every replica and agent."""
+        path = self.crl_path
+        if path is None:
+            return
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            return
+        if crl_number(data) > self.hub.crl_number and self._crl_signed(data):
+            try:
+                await self.identities.publish_crl(data)
+            except StoreUnavailable as exc:
+                _log.warning("publishing the CRL: %s", exc)
+
+    def _crl_signed(self, data: bytes) -> bool:
+        from cryptography import x509
+
+        from controller.ca import crl_serials
+
+        cas = getattr(self.authorizer, "ca_certs", ())
+        try:
+            crl = x509.load_pem_x509_crl(data)
+        except ValueError:
+            return False
+        return any(crl_serials(crl, ca) is not None for ca in cas)
+
+    def _take_crl(self, data: bytes) -> None:
+        """The cluster's CRL changed in etcd: check it, keep it for this replica's
+        authorization (its CRL file), and send it to every agent."""
+        number = crl_number(data)
+        if number <= self.hub.crl_number:
+            return
+        if not self._crl_signed(data):
+            _log.error(
+                "the CRL in etcd (%s) is not signed by the cluster CA: ignored", self.keys.crl
+            )
+            return
+        path = self.crl_path
+        if path is not None:
+            try:
+                have = crl_number(path.read_bytes()) if path.exists() else 0
+                if have < number:
+                    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                    tmp.write_bytes(data)
+                    tmp.chmod(0o644)
+                    tmp.replace(path)
+            except OSError as exc:
+                _log.error("%s: cannot write the cluster's newer CRL: %s", path, exc)
+        if self.hub.publish_crl(number, data):
+            _log.info("CRL number %d sent to %d agent stream(s)", number, len(self.hub.streams))
+
+    def _address_owner(self, address: str) -> str | None:
+        for name, rec in self.view.records.items():
+            if address in rec.get("addresses", ()):
+                return name
+        return None
+
+    async def remove_node(self, node: str) -> join_pb2.RemoveNodeResponse:
+        """``ipsecctl node remove``: revoke, publish the CRL, close the node's stream,
+        forget it in the registry (controller/joining.py)."""
+        serials, number, registered = await self.identities.remove_node(node)
+        stream = self.hub.streams.get(node)
+        if stream is not None:
+            stream.forget = True
+            stream.close(kill=True, reason=f"node {node} was removed (ipsecctl node remove)")
+        self.registry.forget(node)
+        # a replica that served the node may write its record once more as the stream
+        # ends: wait (bounded) until no replica holds it, then delete it again
+        loop = asyncio.get_running_loop()
+        deadline = (
+            loop.time() + 3 * self.config.revocation_interval + 2 * self.config.flush_interval
+        )
+        while node in self.view.conns and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.store.delete_many([self.keys.node(node), self.keys.conn(node)])
+        return join_pb2.RemoveNodeResponse(
+            revoked_serials=[f"{s:x}" for s in serials],
+            crl_number=number,
+            was_registered=registered,
+        )
+
     # -- agent streams ----------------------------------------------------------------
     async def _connect(self, request_iterator: Any, context: Any) -> None:
         try:
@@ -920,6 +1149,8 @@ class Controller:
             await context.abort(exc.code, exc.message)
             return
         stream, initial = await self._admit(hello)
+        if self.hub.crl_bytes is not None:
+            initial.append(self.hub.crl_bytes)
         stream.serial = principal.serial
         stream.task = asyncio.current_task()
         try:
@@ -935,19 +1166,19 @@ class Controller:
                 # call can end only once the agent has read that message (grpc.aio
                 # cannot reset one stream), then it ends with the reason.
                 if self.hub.remove(stream):
-                    self.registry.disconnected(stream.node)
+                    self.registry.disconnected(stream.node, final=not stream.forget)
                 await stream.finish_write()
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE, stream.reason or "the controller closed the stream"
                 )
             elif stream.reason:
                 if self.hub.remove(stream):
-                    self.registry.disconnected(stream.node)
+                    self.registry.disconnected(stream.node, final=not stream.forget)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, stream.reason)
         finally:
             stream.detach()
             if self.hub.remove(stream):
-                self.registry.disconnected(stream.node)
+                self.registry.disconnected(stream.node, final=not stream.forget)
 
     async def _admit(self, hello: agent_pb2.Hello) -> tuple[StreamState, list[bytes]]:
         """Resume when the agent's revision is known (send only what it lacks), else a

@@ -44,6 +44,7 @@ from controller.ca import (
     DEFAULT_KEY_TYPE,
     CaError,
     CertificateAuthority,
+    NodeRequest,
     Role,
     RoleIdentity,
     check_name,
@@ -70,7 +71,9 @@ __all__ = [
     "controller_addresses",
     "init_state",
     "issue_credentials",
+    "issue_node",
     "list_records",
+    "live_records",
     "load_serving",
     "revoke",
     "split_hostport",
@@ -634,3 +637,75 @@ def revoke(
     if hit:
         write_crl(root, days=days)
     return hit
+
+
+# --------------------------------------------------------------------------- node CSRs
+
+
+def _parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def live_records(root: Path, role: Role, name: str) -> list[Record]:
+    """The certificates issued to ``role``/``name`` that are neither revoked nor expired."""
+    now = dt.datetime.now(dt.UTC)
+    return [
+        r
+        for r in list_records(root)
+        if r.role == role.value
+        and r.name == name
+        and r.revoked is None
+        and r.not_after
+        and _parse_iso(r.not_after) > now
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIssued:
+    """A node certificate made from a CSR (join, renewal) and what goes with it."""
+
+    cert: x509.Certificate
+    chain_pem: bytes
+    ca_pem: bytes
+    crl_pem: bytes
+    revoked: tuple[Record, ...] = ()
+
+
+def issue_node(
+    root: Path,
+    request: NodeRequest,
+    *,
+    lifetime: dt.timedelta,
+    revoke_others: bool = False,
+    crl_days: int = 30,
+) -> NodeIssued:
+    """Issue node ``request.name``'s certificate on the CSR's key and addresses, and
+    record it in ``pki/certs.json`` (the CA's index, which ``revoke`` and node removal
+    use).  ``revoke_others``: also revoke every earlier certificate of that node (a
+    node joining again), then sign a new CRL."""
+    sd = StateDir(root)
+    ca = sd.load_ca()
+    ident = RoleIdentity(Role.NODE, request.name)
+    revoked: list[Record] = []
+    with sd.locked():
+        records = _load_records(sd)
+        cert = ca.issue(
+            Role.NODE, request.name, request.public_key, hosts=request.addresses, lifetime=lifetime
+        )
+        if revoke_others:
+            stamp = _iso(dt.datetime.now(dt.UTC))
+            for r in records.certs:
+                if r.role == Role.NODE.value and r.name == request.name and r.revoked is None:
+                    r.revoked = stamp
+                    revoked.append(r)
+        _record(records, cert, ident)
+        _save_records(sd, records)
+    if revoked:
+        write_crl(root, days=crl_days)
+    return NodeIssued(
+        cert,
+        pem(cert, *ca.intermediates),
+        pem(*ca.bundle),
+        read_public_file(sd.crl, "CRL"),
+        tuple(revoked),
+    )

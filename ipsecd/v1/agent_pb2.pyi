@@ -94,7 +94,7 @@ class Pong(_message.Message):
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("snapshot", "update", "directory", "query", "ping", "resume", "secrets_changed")
+    __slots__ = ("snapshot", "update", "directory", "query", "ping", "resume", "secrets_changed", "crl")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class ControllerMessage(_message.Message):
     PING_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     SECRETS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     update: PolicyUpdate
     directory: NodeDirectory
@@ -109,7 +110,8 @@ class ControllerMessage(_message.Message):
     ping: Ping
     resume: Resume
     secrets_changed: SecretsChanged
-    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[PolicyUpdate, _Mapping]] = ..., directory: _Optional[_Union[NodeDirectory, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., secrets_changed: _Optional[_Union[SecretsChanged, _Mapping]] = ...) -> None: ...
+    crl: Crl
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[PolicyUpdate, _Mapping]] = ..., directory: _Optional[_Union[NodeDirectory, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., secrets_changed: _Optional[_Union[SecretsChanged, _Mapping]] = ..., crl: _Optional[_Union[Crl, _Mapping]] = ...) -> None: ...
 
 class PolicyRevision(_message.Message):
     __slots__ = ("revision", "sha256", "text", "created_unix_ms", "policy_digest")
@@ -174,3 +176,11 @@ class SecretsChanged(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     generation: int
     def __init__(self, generation: _Optional[int] = ...) -> None: ...
+
+class Crl(_message.Message):
+    __slots__ = ("pem", "number")
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    pem: bytes
+    number: int
+    def __init__(self, pem: _Optional[bytes] = ..., number: _Optional[int] = ...) -> None: ...

@@ -65,8 +65,15 @@ async def start_controller(
             authorizer=security.authorizer,
             peer_credentials=security.peer_credentials,
             envelope=envelope,
+            state_dir=security.state_dir,
         )
-        await controller.start(f"127.0.0.1:{port}", credentials=security.credentials)
+        # the join port (TLS without client certificates: only Join passes)
+        await controller.start(
+            f"127.0.0.1:{port}",
+            credentials=security.credentials,
+            join_listen="127.0.0.1:0" if security.join_credentials is not None else None,
+            join_credentials=security.join_credentials,
+        )
     await asyncio.wait_for(controller.watch_synced.wait(), 10)
     return controller
 
@@ -78,6 +85,11 @@ async def stop_controller(controller: Controller, *, crash: bool = False) -> Non
 
 def address(controller: Controller) -> str:
     return controller.config.advertise
+
+
+def join_address(controller: Controller) -> str:
+    """The controller's join port (mTLS controllers of the harness have one)."""
+    return f"127.0.0.1:{controller.join_port}"
 
 
 @dataclasses.dataclass

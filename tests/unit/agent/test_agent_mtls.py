@@ -71,3 +71,48 @@ def test_the_node_certificate_is_checked(authority: CertificateAuthority, tmp_pa
     swapped = NodeFiles(files.cert, other.key, files.ca)
     with pytest.raises(CredentialError, match="does not belong"):
         controller_credentials(swapped, "a")
+
+
+def test_join_options(
+    authority: CertificateAuthority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.daemon import AgentOptions
+    from agent.join import JoinedFiles
+    from ipsecd.jointoken import new_token
+
+    monkeypatch.delenv("IPSECD_JOIN_TOKEN", raising=False)
+    token = new_token(authority.cert)
+    state = tmp_path / "state"
+    base = ["--controller", "c:7480", "--node", "a", "--state-dir", str(state)]
+
+    def opts(*extra: str) -> AgentOptions:
+        return options_from(build_parser().parse_args([*base, *extra]))
+
+    joined = JoinedFiles(state)
+    o = opts("--join", token.text())
+    assert o.joined and o.join_token == token and o.node_files.cert == joined.cert
+    assert joined.crl in o.node_files.crls
+    assert token.secret not in repr(o)
+    monkeypatch.setenv("IPSECD_JOIN_TOKEN", token.text())
+    assert opts().join_token == token
+    monkeypatch.delenv("IPSECD_JOIN_TOKEN")
+    for extra, message in (
+        (("--join", token.text(), "--insecure"), "exclude each other"),
+        (("--join", token.text(), "--cert", "x", "--key", "y", "--ca", "z"), "exclude each other"),
+        (("--join", "ipsecd1.nope"), "not an ipsecd join token"),
+        (("--join-file", str(tmp_path / "missing")), "--join-file"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            opts(*extra)
+    with pytest.raises(ValueError, match="needs --controller"):
+        options_from(build_parser().parse_args(["-f", "x.spd", "--join", token.text()]))
+    # once joined, a restart needs no token: the files in the state directory are used
+    files = _files(authority, state)
+    for src, dst in ((files.cert, joined.cert), (files.key, joined.key)):
+        assert src is not None
+        src.rename(dst)
+    o = opts()
+    assert o.joined and o.join_token is None and o.node_files.key == joined.key
+    # an agent with its own files also keeps the CRL the controller pushes
+    o = opts("--cert", "x.pem", "--key", "x.key", "--ca", "ca.pem")
+    assert not o.joined and o.node_files.crls == (joined.crl,)

@@ -17,13 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.authz import (
     METHOD_ROLES,
+    WITHOUT_CERTIFICATE,
     CertificateAuthorizer,
     Denied,
     InsecureAuthorizer,
     Principal,
 )
 from controller.ca import CertificateAuthority, Role, pem
-from ipsecd.v1 import agent_pb2, policy_pb2, status_pb2
+from ipsecd.v1 import agent_pb2, join_pb2, policy_pb2, status_pb2
 
 
 class FakeContext:
@@ -43,9 +44,16 @@ class FakeContext:
         return self._peer
 
 
+class NoCertContext(FakeContext):
+    """TLS, no client certificate (the join port asks for none)."""
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"transport_security_type": [b"ssl"]}
+
+
 def _rpcs() -> set[str]:
     out = set()
-    for module in (agent_pb2, policy_pb2, status_pb2):
+    for module in (agent_pb2, join_pb2, policy_pb2, status_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 out.add(f"/{service.full_name}/{method.name}")
@@ -61,12 +69,20 @@ def test_the_table_covers_every_rpc_and_nothing_else() -> None:
         "/ipsecd.v1.PolicyService/SetSecret",
         "/ipsecd.v1.PolicyService/DeleteSecret",
     }
-    node_only = {"/ipsecd.v1.AgentService/Connect", "/ipsecd.v1.AgentService/FetchSecrets"}
+    writes |= {m for m in METHOD_ROLES if m.startswith("/ipsecd.v1.NodeAdminService/")}
+    assert {"/ipsecd.v1.JoinService/Join"} == WITHOUT_CERTIFICATE
+    node_only = {
+        "/ipsecd.v1.AgentService/Connect",
+        "/ipsecd.v1.AgentService/FetchSecrets",
+        "/ipsecd.v1.JoinService/Renew",
+    }
     for method, roles in METHOD_ROLES.items():
         if method in writes:
             assert roles == {Role.ADMIN}, method
         elif method in node_only:
             assert roles == {Role.NODE}
+        elif method in WITHOUT_CERTIFICATE:
+            continue  # the token in the request authenticates
         else:  # reads: admin and viewer, never a node
             assert {Role.ADMIN, Role.VIEWER} <= roles and Role.NODE not in roles, method
 
@@ -95,9 +111,17 @@ def test_certificates_are_authenticated(authority: CertificateAuthority, tmp_pat
     p = authz.authenticate(FakeContext(admin))
     assert p == Principal(True, Role.ADMIN, "alice", admin.serial_number)
     assert p.author("mallory@evil") == "admin/alice"  # not what the client claims
-    # no certificate / plaintext
+    # plaintext
     err = _denied(authz.authenticate, FakeContext())
     assert err.code == grpc.StatusCode.UNAUTHENTICATED and "no client certificate" in err.message
+    # TLS without a client certificate (the join port): anonymous, and only Join passes
+    anonymous = authz.authenticate(NoCertContext())
+    assert anonymous == Principal(True) and anonymous.identity == "anonymous"
+    authz.authorize(anonymous, "/ipsecd.v1.JoinService/Join")
+    for method in set(METHOD_ROLES) - WITHOUT_CERTIFICATE:
+        err = _denied(authz.authorize, anonymous, method)
+        assert err.code == grpc.StatusCode.UNAUTHENTICATED, method
+        assert "no client certificate" in err.message
     # another CA's certificate (TLS refuses it first; checked again here)
     foreign = _cert(CertificateAuthority.create(), Role.ADMIN, "alice")
     err = _denied(authz.authenticate, FakeContext(foreign))
