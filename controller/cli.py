@@ -4,6 +4,7 @@ Local subcommands (no controller needed)::
 
     ipsecctl validate FILE... [--nodes NODES_FILE]
     ipsecctl compile FILE --node NAME --nodes NODES_FILE [-o json|text] [--show-secrets]
+    ipsecctl check-rollout OLD NEW [--nodes NODES_FILE] [-o json]   (controller/cli_rollout.py)
 
 Adding subcommands from another module
 --------------------------------------
@@ -36,6 +37,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from controller.cli_convert import register as _register_convert
 from controller.cli_remote import register as _register_remote
+from controller.cli_rollout import register as _register_rollout
 from ipsecd.spd import (
     Diagnostic,
     SpdError,
@@ -71,7 +73,12 @@ def _register_local(subparsers: Any) -> None:
 
 
 #: Functions that add subcommands.  Other modules' ``register`` functions go here.
-REGISTRARS: list[Registrar] = [_register_local, _register_remote, _register_convert]
+REGISTRARS: list[Registrar] = [
+    _register_local,
+    _register_remote,
+    _register_convert,
+    _register_rollout,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
