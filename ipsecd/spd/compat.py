@@ -71,7 +71,18 @@ from .compiler import IkeConnection, KernelPolicy, NodeConfig, compile_node
 from .compiler import TrafficSelector as SpdSelector
 from .errors import SpdError
 from .limits import MAX_NODES_LISTED
-from .model import Action, Direction, IpsecProto, Level, Mode, Policy, Prefix, Selector, plain
+from .model import (
+    Action,
+    Direction,
+    IpsecProto,
+    Level,
+    Mode,
+    NodeGroup,
+    Policy,
+    Prefix,
+    Selector,
+    plain,
+)
 from .nodes import NodeInfo, node_in_group
 from .secrets import Secret, SecretRef
 
@@ -1021,63 +1032,75 @@ def _protection(
     followed through every mix of revisions."""
     base = combos[(OLD, OLD)]
     senders = [(x, y)] if peer else [(x, y), (y, x)]
+    universes: dict[str, list[tuple[Box, str]]] = {}
     for s, t in senders:
-        s_old, t_old = views[(s, OLD)], views[(t, OLD)]
+        s_old = views[(s, OLD)]
         names = {c.conn.reqid: c.conn.connection for c in s_old.toward(t)}
-        universe = [
+        universes[s] = [
             (box, names[tp.reqid])
             for box, pol in s_old.outs
             if pol.action is Action.IPSEC
             for tp in pol.templates[:1]
             if tp.reqid in names
         ]
-        protected: list[tuple[Box, str, Box, Box]] = []
-        for u, name in universe:
+    # only policies that meet this pair's traffic can decide anything about it
+    region = [u for found in universes.values() for u, _ in found]
+    views = {key: _narrowed(v, region) for key, v in views.items()}
+    seen: set[tuple[object, ...]] = set()
+    order = sorted(combos, key=lambda revs: revs != (NEW, NEW))  # new/new first
+    for s, t in senders:
+        s_old, t_old = views[(s, OLD)], views[(t, OLD)]
+        # what the old revision protects: pieces of the connections' traffic
+        protected: list[tuple[Box, str, Box]] = []
+        for u, name in universes[s]:
             for piece, status, _cause in _follow(s_old, t_old, base, u):
                 if status == "ok":
-                    protected.append((piece, name, u, piece))
+                    protected.append((piece, name, u))
         if not protected:
             continue
-        for revs, combo in combos.items():
+        lost_for_good: list[Box] = []
+        for revs in order:
             if revs == (OLD, OLD):
                 continue
+            combo = combos[revs]
             rs = revs[0] if s == x else revs[1]
             rt = revs[1] if s == x else revs[0]
             sv, tv = views[(s, rs)], views[(t, rt)]
-            for box, conn, whole, base_piece in protected:
-                for piece, status, cause in _follow(sv, tv, combo, box):
+            permanent = revs == (NEW, NEW) or peer
+            kind = Kind.PROTECTION_REMOVED if permanent else Kind.PROTECTION_LOST
+            # the whole traffic of each connection is followed once, then what is lost
+            # is cut down to what the old revision protected
+            for u, _name in universes[s]:
+                for piece, status, cause in _follow(sv, tv, combo, u):
                     if status == "ok":
                         continue
-                    new_too = (NEW, NEW) in combos and revs != (NEW, NEW)
-                    if new_too and _still_lost(views, combos, s, t, piece):
-                        continue  # reported once, as removed by the new revision
-                    permanent = revs == (NEW, NEW) or peer
-                    kind = Kind.PROTECTION_REMOVED if permanent else Kind.PROTECTION_LOST
-                    effect = "drop" if status == "drop" else "clear"
-                    what = "dropped (fail-closed)" if effect == "drop" else "sent in clear"
-                    if effect == "clear":
-                        what += _clear_fate(tv, piece)
-                    reason = f"{sv.who} -> {tv.who}: {what}: {cause}"
-                    finding(
-                        kind,
-                        conn,
-                        reason,
-                        revs[0],
-                        revs[1],
-                        effect=effect,
-                        flow=_box_text(whole if piece == base_piece else piece),
-                    )
+                    for base_piece, conn, whole in protected:
+                        if whole != u or (lost := _intersect(piece, base_piece)) is None:
+                            continue
+                        if revs == (NEW, NEW):
+                            lost_for_good.append(lost)
+                        elif any(_intersect(lost, g) is not None for g in lost_for_good):
+                            continue  # reported once, as removed by the new revision
+                        effect = "drop" if status == "drop" else "clear"
+                        what = "dropped (fail-closed)" if effect == "drop" else "sent in clear"
+                        if effect == "clear":
+                            what += _clear_fate(tv, lost)
+                        reason = f"{sv.who} -> {tv.who}: {what}: {cause}"
+                        key = (kind, conn, reason, revs, effect)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        flow = _box_text(whole if lost == base_piece else lost)
+                        finding(kind, conn, reason, revs[0], revs[1], effect=effect, flow=flow)
 
 
-def _still_lost(
-    views: dict[tuple[str, str], _View],
-    combos: dict[tuple[str, str], _Combo],
-    s: str,
-    t: str,
-    piece: Box,
-) -> bool:
-    combo = combos[(NEW, NEW)]
-    return any(st != "ok" for _, st, _ in _follow(views[(s, NEW)], views[(t, NEW)], combo, piece))
+def _narrowed(v: _View, region: Sequence[Box]) -> _View:
+    def meets(box: Box) -> bool:
+        return any(_intersect(box, r) is not None for r in region)
+
+    return replace(
+        v, outs=[(b, p) for b, p in v.outs if meets(b)], ins=[(b, p) for b, p in v.ins if meets(b)]
+    )
 
 
 def _follow(s: _View, t: _View, combo: _Combo, box: Box) -> list[tuple[Box, str, str]]:
@@ -1200,8 +1223,14 @@ def _prefixes(policy: Policy) -> list[Prefix]:
     return [unique[k] for k in sorted(unique)]
 
 
-def _signature(policy: Policy, prefixes: Sequence[Prefix], node: NodeInfo) -> tuple[object, ...]:
-    groups = tuple(node_in_group(node, policy.groups[g]) for g in sorted(policy.groups))
+def _signature(
+    policy: Policy,
+    prefixes: Sequence[Prefix],
+    named: Sequence[tuple[frozenset[str], NodeGroup]],
+    node: NodeInfo,
+) -> tuple[object, ...]:
+    # node_in_group, with each group's name list as a set (5,000 names are common)
+    groups = tuple(node.name in names or node_in_group(node, rest) for names, rest in named)
     first = {4: node.address(4), 6: node.address(6)}
     bits = tuple(
         (
@@ -1219,9 +1248,17 @@ def _member_groups(policy: Policy, node: NodeInfo) -> tuple[str, ...]:
 
 def _classes(old: Policy, new: Policy, directory: Sequence[NodeInfo]) -> list[NodeClass]:
     po, pn = _prefixes(old), _prefixes(new)
+
+    def named(policy: Policy) -> list[tuple[frozenset[str], NodeGroup]]:
+        return [
+            (frozenset(policy.groups[g].names), replace(policy.groups[g], names=()))
+            for g in sorted(policy.groups)
+        ]
+
+    no, nn = named(old), named(new)
     by_sig: dict[tuple[object, ...], list[NodeInfo]] = {}
     for node in sorted(directory, key=lambda n: n.name):
-        sig = (_signature(old, po, node), _signature(new, pn, node))
+        sig = (_signature(old, po, no, node), _signature(new, pn, nn, node))
         by_sig.setdefault(sig, []).append(node)
     groups = sorted(by_sig.values(), key=lambda ns: ns[0].name)
     return [
