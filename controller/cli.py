@@ -4,6 +4,7 @@ Local subcommands (no controller needed)::
 
     ipsecctl validate FILE... [--nodes NODES_FILE]
     ipsecctl compile FILE --node NAME --nodes NODES_FILE [-o json|text] [--show-secrets]
+    ipsecctl check-rollout OLD NEW [--nodes NODES_FILE] [-o json]   (controller/cli_rollout.py)
 
 Adding subcommands from another module
 --------------------------------------
@@ -37,6 +38,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from controller.cli_convert import register as _register_convert
 from controller.cli_nodes import register as _register_nodes
 from controller.cli_remote import register as _register_remote
+from controller.cli_rollout import register as _register_rollout
 from ipsecd.spd import (
     Diagnostic,
     SpdError,
@@ -77,6 +79,7 @@ REGISTRARS: list[Registrar] = [
     _register_remote,
     _register_convert,
     _register_nodes,
+    _register_rollout,
 ]
 
 
