@@ -1,7 +1,8 @@
 """``ipsecd-controller``: one controller replica.
 
     ipsecd-controller [--listen 127.0.0.1:7480] [--state-dir DIR] [--etcd URL[,URL...]]
-                      [--insecure]
+                      [--insecure] [--metrics-listen HOST:PORT] [-m quiet|default|verbose]
+                      [--log-format text|json]
     ipsecd-controller init|issue|revoke|crl|certs --state-dir DIR ...   (controller/pkicmd.py)
 
 It serves mTLS only, with the cluster CA and serving certificate that
@@ -42,9 +43,16 @@ from controller.limits import (
 )
 from controller.server import Controller, ControllerConfig
 from controller.statedir import load_serving, split_hostport
+from ipsecd import logformat
+from ipsecd.metrics_common import CONTROLLER_PORT, MetricsError, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 DEFAULT_STATE_DIR = "/var/lib/ipsecd-controller"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The controller's own loggers (other libraries log warnings and errors only).
+OURS = ("controller", "ipsecd")
+
+_log = logging.getLogger("controller.main")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +115,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry transient etcd errors (leader changes) for up to S seconds, within "
         "the deadline of the request that needs etcd",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP; off by "
+        f"default; the Helm chart uses 0.0.0.0:{CONTROLLER_PORT})",
+    )
+    p.add_argument(
+        "-m",
+        dest="level",
+        choices=tuple(logformat.LEVELS),
+        default="default",
+        help="log level, as the agent's -m: quiet (warnings and errors), default (adds "
+        "revisions, streams, leadership), verbose (adds debug)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="the same as -m default (kept for scripts)"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logformat.FORMATS,
+        default="text",
+        help="log lines as text (default) or as one JSON object per line (time, level, "
+        "logger, message, replica and structured fields)",
+    )
     return p
 
 
@@ -122,6 +154,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--stream-drain-timeout must be 0 (never) or a positive number of seconds")
     if args.etcd_timeout <= 0 or args.etcd_retry_budget <= 0:
         p.error("--etcd-timeout and --etcd-retry-budget must be positive numbers of seconds")
+    if args.metrics_listen:
+        try:
+            parse_listen(args.metrics_listen)
+        except MetricsError as exc:
+            p.error(str(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +197,7 @@ def security(args: argparse.Namespace) -> Security:
     """mTLS from the state directory, or plaintext with ``--insecure`` (a warning on
     every start)."""
     if args.insecure:
-        logging.warning(
+        _log.warning(
             "--insecure: plaintext gRPC on %s, nobody is authenticated: anyone who can "
             "reach it may push a policy and read its keys; run `ipsecd-controller init` "
             "and drop --insecure to serve mTLS",
@@ -171,7 +208,7 @@ def security(args: argparse.Namespace) -> Security:
     for address in filter(None, [args.listen, args.advertise]):
         host = split_hostport(address)[0]
         if host not in ("", "0.0.0.0", "::") and host not in sec.names:
-            logging.warning(
+            _log.warning(
                 "%s: the serving certificate names %s, not %s: clients dialing %s will "
                 "refuse it; give init --advertise/--san that name (docs/security.md)",
                 address,
@@ -194,7 +231,7 @@ async def serve(args: argparse.Namespace) -> int:
             etcd = EtcdProcess(Path(args.state_dir) / "etcd")
             etcd.start()  # main thread: PR_SET_PDEATHSIG is tied to the starting thread
             url = etcd.url
-            logging.info("private etcd on %s (data in %s)", url, etcd.data_dir)
+            _log.info("private etcd on %s (data in %s)", url, etcd.data_dir)
         store = await EtcdStore.connect(
             url, timeout=args.etcd_timeout, retry_budget=args.etcd_retry_budget
         )
@@ -213,8 +250,10 @@ async def serve(args: argparse.Namespace) -> int:
             store, config, authorizer=sec.authorizer, peer_credentials=sec.peer_credentials
         )
         port = await controller.start(args.listen, credentials=sec.credentials)
+        if args.metrics_listen:
+            await controller.metrics.start(args.metrics_listen)
         mode = "mTLS" if sec.credentials is not None else "plaintext, --insecure"
-        logging.info("controller %s serving on port %d (%s)", config.replica_id, port, mode)
+        _log.info("controller %s serving on port %d (%s)", config.replica_id, port, mode)
         print(
             f"ipsecd-controller: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode})",
             flush=True,
@@ -241,13 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    level = "default" if args.verbose and args.level == "quiet" else args.level
+    replica = args.replica_id or f"{socket.gethostname()}-{args.listen.rsplit(':', 1)[-1]}"
+    logformat.configure(
+        level, args.log_format, ours=OURS, text_format=LOG_FORMAT, fields={"replica": replica}
     )
     try:
         return asyncio.run(serve(args))
-    except (EtcdNotFound, EtcdStartError, StoreUnavailable, CaError, OSError) as exc:
+    except (EtcdNotFound, EtcdStartError, StoreUnavailable, CaError, MetricsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

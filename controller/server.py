@@ -74,6 +74,7 @@ from controller.limits import (
     human_bytes,
     server_message_options,
 )
+from controller.metrics import ControllerMetrics
 from controller.registry import NodeView, Registry
 from controller.retry import request_deadline
 from controller.revisions import PolicyRepo, PushOutcome, Revision, check_request
@@ -383,6 +384,7 @@ class Controller:
         self._stopping = False
         self._ping_bytes = agent_pb2.ControllerMessage(ping=agent_pb2.Ping()).SerializeToString()
         self.dropped_stalled = 0  # streams dropped because a write stayed pending
+        self.metrics = ControllerMetrics(self)  # served by metrics.start (--metrics-listen)
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self, listen: str, *, credentials: grpc.ServerCredentials | None = None) -> int:
@@ -446,6 +448,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self.metrics.close()
         if revoke and self.lease:
             with contextlib.suppress(StoreUnavailable):
                 await self.registry.flush(self.lease)
@@ -458,8 +461,8 @@ class Controller:
     # fan-out of a new revision never queues behind thousands of status writes.
     async def _resync_policy(self) -> int:
         kvs, rev = await self.store.get_prefix(self.keys.current)
-        if kvs:
-            self.hub.publish(await self.repo.read(int(kvs[0].value)))
+        if kvs and self.hub.publish(await self.repo.read(int(kvs[0].value))):
+            self.metrics.published(int(kvs[0].value))
         return rev
 
     async def _resync_registry(self) -> int:
@@ -516,6 +519,7 @@ class Controller:
                 raw = seen.get(keys.revision(number))
                 rev = Revision.from_bytes(raw) if raw else await self.repo.read(number)
                 if self.hub.publish(rev):
+                    self.metrics.published(number)
                     _log.info("fan-out: revision %d to %d streams", number, len(self.hub.streams))
 
     async def _on_registry_events(self, events: list[WatchEvent]) -> None:
@@ -745,6 +749,7 @@ class Controller:
             )
             stream.sent_dir_version = hub.directory_version if want_dir else 0
             initial = [hub.snapshot_bytes(want_dir)]
+        self.metrics.connected(hello.node, resumed=resume)
         old = hub.add(stream)
         if old is not None:
             _log.info("node %s connected again: closing its older stream", hello.node)
@@ -779,6 +784,7 @@ class Controller:
                 kind = msg.WhichOneof("kind")
                 if kind == "ack":
                     registry.acked(stream.node, msg.ack)
+                    self.metrics.acked(stream.node, msg.ack.revision, msg.ack.ok)
                 elif kind == "status":
                     registry.reported(stream.node, msg.status)
                 elif kind == "answer":
