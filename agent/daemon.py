@@ -358,7 +358,12 @@ class Daemon:
         self.applied = Applied(
             source, text, policy.digest(), revision, sha256, summary, time.time()
         )
-        log.info("policy %s applied: %s", source, summary)
+        log.info(
+            "policy %s applied: %s",
+            source,
+            summary,
+            extra={"revision": revision, "source": source, "digest": self.applied.digest},
+        )
         return self.applied
 
     def _node(self, policy: spd.Policy) -> tuple[NodeInfo, list[NodeInfo]]:

@@ -254,6 +254,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 outcome.revision.revision,
                 outcome.revision.author,
                 outcome.revision.sha256[:12],
+                extra={"revision": outcome.revision.revision, "author": outcome.revision.author},
             )
         return _push_response(outcome)
 
@@ -520,7 +521,13 @@ class Controller:
                 rev = Revision.from_bytes(raw) if raw else await self.repo.read(number)
                 if self.hub.publish(rev):
                     self.metrics.published(number)
-                    _log.info("fan-out: revision %d to %d streams", number, len(self.hub.streams))
+                    streams = len(self.hub.streams)
+                    _log.info(
+                        "fan-out: revision %d to %d streams",
+                        number,
+                        streams,
+                        extra={"revision": number, "streams": streams},
+                    )
 
     async def _on_registry_events(self, events: list[WatchEvent]) -> None:
         policy = self.keys.root + "policy/"
@@ -750,6 +757,13 @@ class Controller:
             stream.sent_dir_version = hub.directory_version if want_dir else 0
             initial = [hub.snapshot_bytes(want_dir)]
         self.metrics.connected(hello.node, resumed=resume)
+        _log.debug(
+            "node %s connected (%s from revision %d)",
+            hello.node,
+            "resume" if resume else "snapshot",
+            have,
+            extra={"node": hello.node, "revision": have},
+        )
         old = hub.add(stream)
         if old is not None:
             _log.info("node %s connected again: closing its older stream", hello.node)

@@ -22,7 +22,7 @@ from agent.daemon import Daemon
 from controller.server import Controller
 from ipsecd import xfrm
 from tests.integration.controller.harness import address, start_controller, stop_controller
-from tests.support.agents import options, running
+from tests.support.agents import CHECKOUT, options, running
 from tests.support.aio import run_async
 from tests.support.etcd import EtcdProcess
 from tests.support.metrics import PREFIXES, Scrape, dashboard_exprs, expr_metric_names, scrape
@@ -156,8 +156,10 @@ async def test_metrics_follow_the_cluster(
             cs = await eventually(
                 "both nodes at revision 1 in the registry",
                 ctl_scrape,
-                lambda s: s.value("ipsecd_controller_nodes", state="connected") == 2
-                and s.value("ipsecd_controller_nodes_behind") == 0,
+                lambda s: (
+                    s.value("ipsecd_controller_nodes", state="connected") == 2
+                    and s.value("ipsecd_controller_nodes_behind") == 0
+                ),
                 30,
             )
             assert cs.value("ipsecd_controller_leader") == 1
@@ -169,8 +171,10 @@ async def test_metrics_follow_the_cluster(
             s = await eventually(
                 "a's IKE SAs with b",
                 agent_scrape,
-                lambda s: (s.value("ipsecd_ike_sas", connection="mesh", peer="b") or 0) >= 2
-                and (s.value("ipsecd_child_sa_install_failures_total") or 0) >= 1,
+                lambda s: (
+                    (s.value("ipsecd_ike_sas", connection="mesh", peer="b") or 0) >= 2
+                    and (s.value("ipsecd_child_sa_install_failures_total") or 0) >= 1
+                ),
                 60,
             )
             # b answers IKE_AUTH: its refused CHILD SAs are reported failed (reason local)
@@ -178,8 +182,9 @@ async def test_metrics_follow_the_cluster(
             await eventually(
                 "b's failed CHILD SAs",
                 lambda: scrape(agent_address(daemons["b"])),
-                lambda s: (s.value("ipsecd_negotiations_total", sa="child", reason="local") or 0)
-                >= 1,
+                lambda s: (
+                    (s.value("ipsecd_negotiations_total", sa="child", reason="local") or 0) >= 1
+                ),
                 60,
             )
             assert (s.value("ipsecd_negotiations_total", sa="ike", outcome="established") or 0) >= 1
@@ -211,17 +216,20 @@ async def test_metrics_follow_the_cluster(
                 60,
             )
             assert cs.value("ipsecd_controller_push_ack_seconds_count") == 2  # ok acks only
+
+            # behind, and failing from the nack (or degraded once the node reports its view)
+            def unhealthy(s: Scrape) -> float:
+                return sum(
+                    s.value("ipsecd_controller_nodes_health", health=h) or 0
+                    for h in ("failing", "degraded")
+                )
+
             cs = await eventually(
-                "both nodes behind",
+                "both nodes behind and unhealthy",
                 ctl_scrape,
-                lambda s: s.value("ipsecd_controller_nodes_behind") == 2,
+                lambda s: s.value("ipsecd_controller_nodes_behind") == 2 and unhealthy(s) == 2,
                 30,
             )
-            # failing from the nack, or degraded once the node reports its own view
-            unhealthy = [
-                cs.value("ipsecd_controller_nodes_health", health=h) for h in ("failing", "degraded")
-            ]
-            assert sum(v or 0 for v in unhealthy) == 2, cs.text
 
             # no secret in any scrape
             for text in (s.text, cs.text):
@@ -235,6 +243,13 @@ async def test_metrics_follow_the_cluster(
                 missing = used - names
                 assert not missing, f"panel {title!r} queries {missing}, not exported"
             assert all(n.startswith(PREFIXES) for n in names)
+            # and every metric of ours is in the docs' tables
+            docs = (CHECKOUT / "docs" / "operations.md").read_text(encoding="utf-8")
+            for scraped in (s, cs):
+                for line in scraped.text.splitlines():
+                    if line.startswith("# TYPE ipsecd_"):
+                        name = line.split()[2].removesuffix("_created")  # the histogram's
+                        assert f"| `{name}` |" in docs, f"{name} is not in docs/operations.md"
     finally:
         await stop_controller(c)
     assert c.metrics.server is None  # stopped with the controller
