@@ -46,6 +46,7 @@ from .credentials import CredentialError, Credentials, NodeFiles, controller_cre
 from .ike_driver import IkeDriver
 from .join import JoinedFiles, JoinError, join, renew, renewal_due, store_crl
 from .kernel import DesiredKernel, KernelConfigError, desired_state, kernel_reqid
+from .metrics import AgentMetrics
 from .status import StatusServer
 from .supervisor import Conn, Supervisor, count_sas
 from .unmatched import UnmatchedLogger, catch_all_policies
@@ -103,6 +104,10 @@ class AgentOptions:
     joined: bool = False
     renew_fraction: float = 2 / 3
     renew_check: float = 60.0
+    #: --metrics-listen HOST:PORT ("" = no metrics endpoint) and --metrics-by-peer
+    #: (docs/operations.md "Metrics").
+    metrics_listen: str = ""
+    metrics_by_peer: bool = True
 
     @property
     def cluster(self) -> bool:
@@ -185,7 +190,8 @@ class Daemon:
         )
         self.driver = IkeDriver(netns=opts.netns, ipv6=opts.ipv6, limits=opts.limits)
         self.supervisor = Supervisor(self.driver, self.writer)
-        self.driver.on_events = self.supervisor.on_events
+        self.metrics = AgentMetrics(self, by_peer=opts.metrics_by_peer)
+        self.driver.on_events = self.metrics.tap(self.supervisor.on_events)
         self.status_server = StatusServer(opts.socket_path, self._command)
         self.applied: Applied | None = None
         self.policy_error: str | None = None
@@ -201,6 +207,8 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.stream: Any = None
+        #: Newest revision the controller sent or announced (cluster mode).
+        self.controller_revision = 0
         self.started = time.time()
         self.unmatched = UnmatchedLogger(opts.netns)
         self.credentials = Credentials(opts.node_files)
@@ -223,6 +231,8 @@ class Daemon:
             # fail-closed order: IKE sockets (bypassed) first, then the policy
             await self.driver.start()
             await self.status_server.start()
+            if opts.metrics_listen:
+                await self.metrics.start(opts.metrics_listen)
             first = await self._first_policy()
             if not first and not opts.cluster:
                 return 1
@@ -247,6 +257,7 @@ class Daemon:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self.metrics.close()
             await self.status_server.close()
             await self.driver.close()
             await self.writer.close()
@@ -472,7 +483,12 @@ class Daemon:
         self.applied = Applied(
             source, text, policy.digest(), revision, sha256, summary, time.time()
         )
-        log.info("policy %s applied: %s", source, summary)
+        log.info(
+            "policy %s applied: %s",
+            source,
+            summary,
+            extra={"revision": revision, "source": source, "digest": self.applied.digest},
+        )
         return self.applied
 
     def _node(self, policy: spd.Policy) -> tuple[NodeInfo, list[NodeInfo]]:
@@ -699,6 +715,7 @@ class Daemon:
             DirectoryReceived,
             PolicyReceived,
             SecretsChanged,
+            StreamConnected,
             StreamEvent,
         )
 
@@ -732,7 +749,9 @@ class Daemon:
                 self._save_last_applied()
 
         async def on_event(ev: StreamEvent) -> None:
-            if isinstance(ev, DirectoryReceived):
+            if isinstance(ev, StreamConnected):
+                self.controller_revision = ev.current_revision
+            elif isinstance(ev, DirectoryReceived):
                 self.directory = [
                     NodeInfo(n.name, tuple(_ip(a) for a in n.addresses), dict(n.labels))
                     for n in ev.nodes
@@ -749,6 +768,7 @@ class Daemon:
             elif isinstance(ev, CrlReceived):
                 await self._store_crl(ev.number, ev.pem)
             elif isinstance(ev, PolicyReceived):
+                self.controller_revision = ev.revision
                 await fetch(ev.revision, ev.text)
                 try:
                     await self.apply(
@@ -805,18 +825,26 @@ class Daemon:
                 await asyncio.sleep(1)
 
     # ------------------------------------------------------------------ status
+    @property
+    def desired(self) -> DesiredKernel | None:
+        """The kernel state of the policy in force (None before the first one)."""
+        return self._desired
+
+    def health(self) -> str:
+        """ok, degraded, failing or "no policy" (``ipsecctl status``)."""
+        if self.applied is None:
+            return "failing" if self.policy_error else "no policy"
+        usable = [c for c in self.supervisor.conns.values() if c.config is not None]
+        if self.policy_error or any(
+            c.state != "up" for c in usable if c.initiates or c.sa is not None
+        ):
+            return "degraded"
+        return "ok"
+
     def status(self) -> dict[str, Any]:
         conns = list(self.supervisor.conns.values())
         ike, child = count_sas(conns)
-        usable = [c for c in conns if c.config is not None]
-        if self.applied is None:
-            health = "failing" if self.policy_error else "no policy"
-        elif self.policy_error or any(
-            c.state != "up" for c in usable if c.initiates or c.sa is not None
-        ):
-            health = "degraded"
-        else:
-            health = "ok"
+        health = self.health()
         installed = self.writer.installed()
         return {
             "node": self.opts.node,

@@ -6,6 +6,12 @@
 * ``-o FILE``: everything at debug level goes to FILE too (mode 0600).
 * ``-l``: packets that match no selector go to syslog's auth facility (and the
   normal log) through the ``ipsecd.unmatched`` logger.
+* ``--log-format text|json``: the line format of the log and of the debug file
+  (:mod:`ipsecd.logformat`: JSON is one object per line with time, level, logger,
+  message, the node's name and the call's structured fields).
+
+The agent's loggers are ``ipsecd.*`` and ``agent.*`` (the controller stream); other
+libraries' loggers (gRPC, pyroute2) log warnings and errors only, in the same format.
 
 No key, PSK or nonce is ever logged at any level (the engine and the SPD model keep
 them in ``repr=False`` fields; tests check the logs).
@@ -19,10 +25,13 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["LEVELS", "setup_logging"]
+from ipsecd.logformat import FORMATS, LEVELS, make_formatter
 
-LEVELS = {"quiet": logging.WARNING, "default": logging.INFO, "verbose": logging.DEBUG}
+__all__ = ["FORMATS", "LEVELS", "OURS", "setup_logging"]
+
 FORMAT = "%(asctime)s ipsecd[%(process)d] %(levelname)s %(name)s: %(message)s"
+#: The agent's own loggers (everything else: warnings and errors only).
+OURS = ("ipsecd", "agent")
 
 
 def setup_logging(
@@ -31,13 +40,20 @@ def setup_logging(
     debug_file: str | None = None,
     foreground: bool = True,
     log_unmatched: bool = False,
+    log_format: str = "text",
+    node: str = "",
 ) -> None:
-    root = logging.getLogger("ipsecd")
-    root.setLevel(logging.DEBUG)
-    root.propagate = False
+    root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    formatter = logging.Formatter(FORMAT)
+    root.setLevel(logging.WARNING)  # other libraries: their debug output may dump requests
+    for name in OURS:
+        ours = logging.getLogger(name)
+        ours.setLevel(logging.DEBUG)  # the handlers filter: -m for the main one
+        ours.propagate = True
+        for handler in list(ours.handlers):
+            ours.removeHandler(handler)
+    formatter = make_formatter(log_format, FORMAT, {"node": node} if node else None)
     main: logging.Handler
     if foreground:
         main = logging.StreamHandler(sys.stderr)
@@ -59,7 +75,9 @@ def setup_logging(
         auth = _syslog(logging.handlers.SysLogHandler.LOG_AUTH)
         if auth is not None:
             auth.setLevel(logging.INFO)
-            auth.setFormatter(logging.Formatter("ipsecd: %(message)s"))
+            auth.setFormatter(
+                make_formatter(log_format, "ipsecd: %(message)s", {"node": node} if node else None)
+            )
             logging.getLogger("ipsecd.unmatched").addHandler(auth)
 
 

@@ -3,7 +3,8 @@
 Standalone, as the Tru64 daemon::
 
     ipsecd -f FILE [--nodes NODESFILE] [--node NAME] [-m quiet|default|verbose]
-           [-o DEBUGFILE] [-l] [-b] [-d] [-p]
+           [-o DEBUGFILE] [-l] [-b] [-d] [-p] [--log-format text|json]
+           [--metrics-listen HOST:PORT]
 
 Cluster (mTLS to the controller with the node certificate, which is also its IKE
 certificate; ``--insecure`` for plaintext)::
@@ -36,12 +37,13 @@ import socket
 import sys
 from pathlib import Path
 
+from ipsecd.metrics_common import AGENT_PORT, MetricsError, parse_listen
 from ipsecd.spd import SpdError, load_file
 
 from .credentials import NodeFiles
 from .daemon import STATE_DIR, AgentOptions, ApplyError, Daemon
 from .join import ENV_TOKEN, JoinedFiles, JoinError, read_token
-from .logsetup import setup_logging
+from .logsetup import FORMATS, setup_logging
 from .status import DEFAULT_SOCKET
 
 __all__ = ["BACKUP_SPD", "DEFAULT_SPD", "build_parser", "main", "options_from"]
@@ -88,6 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="message level of IKE negotiations and policy changes",
     )
     p.add_argument("-o", metavar="FILE", dest="debug_file", help="write debug output to FILE")
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="log lines as text (default) or as one JSON object per line (time, level, "
+        "logger, message, node and structured fields)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP; off by "
+        f"default; the Helm chart uses 0.0.0.0:{AGENT_PORT}); the SPD must let the "
+        "scrape through (e.g. bypass tcp port PORT)",
+    )
+    p.add_argument(
+        "--metrics-by-peer",
+        choices=("yes", "no"),
+        default="yes",
+        help="label per-connection metrics with the peer node too (default yes: one "
+        "series per peer; no: sums per connection, for large clusters)",
+    )
     p.add_argument(
         "-p",
         action="store_true",
@@ -254,6 +278,11 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
             f"--ike-fragment-size {args.ike_fragment_size}: give the path MTU to the "
             "peers, 576..65535 bytes (or 0 to turn IKE fragmentation off)"
         )
+    if args.metrics_listen:
+        try:
+            parse_listen(args.metrics_listen)
+        except MetricsError as exc:
+            raise ValueError(str(exc)) from None
     crls = [Path(c) for c in args.crl]
     if controllers and not args.insecure and joined.crl not in crls:
         crls.append(joined.crl)  # the CRL the controller pushes (docs/security.md)
@@ -286,6 +315,8 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         join_token=token if use_joined and not joined.present() else None,
         join_port=args.join_port,
         joined=use_joined,
+        metrics_listen=args.metrics_listen,
+        metrics_by_peer=args.metrics_by_peer == "yes",
     )
 
 
@@ -324,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         debug_file=args.debug_file,
         foreground=not args.daemon,
         log_unmatched=args.log_unmatched,
+        log_format=args.log_format,
+        node=opts.node,
     )
     try:
         return asyncio.run(_run(opts))

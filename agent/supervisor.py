@@ -237,7 +237,7 @@ class Supervisor:
         sa.initial_contact_hook = self._initial_contact
         conn.sas.append(sa)
         conn.attempts += 1
-        log.info("%s: initiating to %s", conn.name, conn.ike.remote_addr)
+        log.info("%s: initiating to %s", conn.name, conn.ike.remote_addr, extra=_fields(conn))
 
     def _initial_contact(self, sa: IkeSa) -> bool:
         """RFC 7296 2.4: only on our first IKE SA between the two identities since
@@ -309,7 +309,7 @@ class Supervisor:
         except (xfrm.XfrmError, ValueError) as exc:
             self.counters["install_failed"] += 1
             conn.last_error = f"kernel refused the CHILD SA: {exc}"
-            log.error("%s: %s", conn.name, conn.last_error)
+            log.error("%s: %s", conn.name, conn.last_error, extra=_fields(conn))
             sa.child_install_failed(ev.inbound_spi, str(exc), self.clock())
             self.driver.nudge()
             return
@@ -324,6 +324,7 @@ class Supervisor:
             ev.outbound_spi,
             ev.proposal,
             ", rekey" if ev.rekey_of is not None else "",
+            extra=_fields(conn),
         )
 
     def _ike_up(self, sa: IkeSa, conn: Conn | None, ev: IkeSaEstablished, now: float) -> None:
@@ -400,6 +401,7 @@ class Supervisor:
             conn.name,
             reason,
             max(0.0, conn.next_attempt - now),
+            extra=_fields(conn),
         )
 
     # ------------------------------------------------------------------ kernel events
@@ -499,6 +501,11 @@ class Supervisor:
                 }
             )
         return out
+
+
+def _fields(conn: Conn) -> dict[str, str]:
+    """Structured log fields of a connection (``--log-format json``)."""
+    return {"connection": conn.ike.connection, "peer": conn.ike.peer, "ike_name": conn.name}
 
 
 def keeper(conn: Conn, up: Sequence[IkeSa]) -> IkeSa:

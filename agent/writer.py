@@ -39,7 +39,7 @@ from ipsecd.ike.events import ChildSaEstablished
 
 from .kernel import ApplyResult, DesiredKernel
 
-__all__ = ["KernelWriter", "ReqidAllocator", "child_states"]
+__all__ = ["KernelView", "KernelWriter", "ReqidAllocator", "child_states"]
 
 log = logging.getLogger("ipsecd.agent.kernel")
 
@@ -201,6 +201,17 @@ def _with_window(s: xfrm.State, window: int) -> xfrm.State:
     return dataclasses.replace(s, replay_window=window)
 
 
+@dataclass(frozen=True)
+class KernelView:
+    """What :meth:`KernelWriter.inspect` saw."""
+
+    #: Every SA of the namespace's SAD, with its counters (``State.current``).
+    states: list[xfrm.State] = field(repr=False)
+    #: ``policy``/``sa``/``default`` -> entries that differ from what the agent wants
+    #: (None before the first policy is applied).
+    drift: dict[str, int] | None
+
+
 @dataclass
 class _Installed:
     reqid: int
@@ -298,12 +309,7 @@ class KernelWriter:
         wanted_reqids = {t.reqid for p in self._static.policies for t in p.templates}
         for reqid in [r for r in self._adopted if r not in wanted_reqids]:
             del self._adopted[reqid]  # its connection is gone: let the reconciler drop it
-        states = [
-            *self._static.states,
-            *self._negotiated(),
-            *self._leaving.values(),
-            *(s for group in self._adopted.values() for s in group),
-        ]
+        states = self._wanted_states()
         previous = await x.get_default_policy()
         ops = xfrm.plan(
             self._static.policies,
@@ -322,6 +328,48 @@ class KernelWriter:
         if changed:
             await x.set_default_policy(self._static.default)
         return ApplyResult(tuple(ops), changed, previous)
+
+    def _wanted_states(self) -> list[xfrm.State]:
+        assert self._static is not None
+        wanted_reqids = {t.reqid for p in self._static.policies for t in p.templates}
+        return [
+            *self._static.states,
+            *self._negotiated(),
+            *self._leaving.values(),
+            *(s for r, group in self._adopted.items() if r in wanted_reqids for s in group),
+        ]
+
+    async def inspect(self) -> KernelView:
+        """The kernel's SAs (with their counters) and the drift: how many entries of
+        ipsecd's bands a reconcile would change now (metrics, agent/metrics.py).  Read
+        under the writer's lock, so a change in progress is never taken for drift."""
+        async with self._lock:
+            x = self.client
+            policies = await x.dump_policies()
+            states = await x.dump_states()
+            if self._static is None:
+                return KernelView(states, None)
+            ops = xfrm.plan(
+                self._static.policies,
+                self._wanted_states(),
+                policies,
+                states,
+                local=self.local,
+                ownership=self.own,
+            )
+            default = await x.get_default_policy()
+            drift = {
+                "policy": sum(
+                    isinstance(op, (xfrm.AddPolicy, xfrm.UpdatePolicy, xfrm.DeletePolicy))
+                    for op in ops
+                ),
+                "sa": sum(
+                    isinstance(op, (xfrm.AddState, xfrm.UpdateState, xfrm.DeleteState))
+                    for op in ops
+                ),
+                "default": int(default != self._static.default),
+            }
+        return KernelView(states, drift)
 
     def _negotiated(self) -> list[xfrm.State]:
         out: list[xfrm.State] = []

@@ -51,6 +51,7 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -279,6 +280,9 @@ class EtcdStore:
         # certificate (ssl_target_name_override): the endpoints' common host or
         # --etcd-server-name (connect() refuses TLS without one).
         self.server_name = server_name or (tls.server_name if tls is not None else None)
+        #: operations that failed, by kind (Failure values, gave-up, outcome-unknown):
+        #: metrics (controller/metrics.py)
+        self.failures: Counter[str] = Counter()
         self._client = Etcd3Client(
             self.endpoints,
             rpc_max_attempts=1,  # we retry ourselves, and never a write blindly
@@ -369,6 +373,7 @@ class EtcdStore:
         """The error for ``exc``, which ended ``op`` without (more) retries."""
         detail = _detail(exc, self.timeout)
         kind = classify(exc)
+        self.failures[kind.value] += 1
         if kind is Failure.TOO_LARGE:
             return StoreRequestTooLarge(
                 f"etcd at {self._where()} refused {op} as too large ({detail}); etcd "
@@ -392,6 +397,7 @@ class EtcdStore:
     def _gave_up(
         self, op: str, started: float, attempts: int, last: BaseException | None
     ) -> StoreUnavailable:
+        self.failures["gave-up"] += 1
         spent = time.monotonic() - started
         what = _detail(last, self.timeout) if last is not None else "no time left"
         return StoreUnavailable(
@@ -564,6 +570,7 @@ class EtcdStore:
     def _outcome_unknown(
         self, op: str, started: float, attempts: int, last: BaseException | None
     ) -> StoreOutcomeUnknown:
+        self.failures["outcome-unknown"] += 1
         spent = time.monotonic() - started
         what = _detail(last, self.timeout) if last is not None else "no time left"
         return StoreOutcomeUnknown(

@@ -1,6 +1,8 @@
 """``ipsecd-controller``: one controller replica.
 
     ipsecd-controller [--listen 127.0.0.1:7480] [--state-dir DIR] [--insecure]
+                      [--metrics-listen HOST:PORT] [-m quiet|default|verbose]
+                      [--log-format text|json]
                       [--etcd https://HOST:PORT[,...] --etcd-cacert FILE
                        [--etcd-cert FILE --etcd-key FILE] [--etcd-server-name NAME]]
                       [--etcd http://HOST:PORT[,...] --etcd-plaintext]
@@ -53,9 +55,16 @@ from controller.limits import (
 from controller.secretstore import Envelope, EnvelopeError
 from controller.server import Controller, ControllerConfig
 from controller.statedir import load_serving, split_hostport
+from ipsecd import logformat
+from ipsecd.metrics_common import CONTROLLER_PORT, MetricsError, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 DEFAULT_STATE_DIR = "/var/lib/ipsecd-controller"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The controller's own loggers (other libraries log warnings and errors only).
+OURS = ("controller", "ipsecd")
+
+_log = logging.getLogger("controller.main")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +176,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="validity of node certificates issued by join and renewal (default 365); "
         "agents renew theirs when two thirds of it have passed",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP; off by "
+        f"default; the Helm chart uses 0.0.0.0:{CONTROLLER_PORT})",
+    )
+    p.add_argument(
+        "-m",
+        dest="level",
+        choices=tuple(logformat.LEVELS),
+        default="default",
+        help="log level, as the agent's -m: quiet (warnings and errors), default (adds "
+        "revisions, streams, leadership), verbose (adds debug)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="the same as -m default (kept for scripts)"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logformat.FORMATS,
+        default="text",
+        help="log lines as text (default) or as one JSON object per line (time, level, "
+        "logger, message, replica and structured fields)",
+    )
     return p
 
 
@@ -201,6 +234,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
     if not 0 < args.node_cert_days <= 3650:
         p.error("--node-cert-days must be more than 0 and at most 3650")
+    if args.metrics_listen:
+        try:
+            parse_listen(args.metrics_listen)
+        except MetricsError as exc:
+            p.error(str(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +316,7 @@ def security(args: argparse.Namespace) -> Security:
     """mTLS from the state directory, or plaintext with ``--insecure`` (a warning on
     every start)."""
     if args.insecure:
-        logging.warning(
+        _log.warning(
             "--insecure: plaintext gRPC on %s, nobody is authenticated: anyone who can "
             "reach it may push a policy and read its keys; run `ipsecd-controller init` "
             "and drop --insecure to serve mTLS",
@@ -289,7 +327,7 @@ def security(args: argparse.Namespace) -> Security:
     for address in filter(None, [args.listen, args.advertise]):
         host = split_hostport(address)[0]
         if host not in ("", "0.0.0.0", "::") and not certificate_names(host, sec.names):
-            logging.warning(
+            _log.warning(
                 "%s: the serving certificate names %s, not %s: clients dialing %s will "
                 "refuse it; give init --advertise/--san that name (docs/security.md)",
                 address,
@@ -305,7 +343,7 @@ def envelope(args: argparse.Namespace) -> Envelope | None:
     --insecure and none, secrets stay as they were pushed (warned at every start)."""
     path = Path(args.envelope_key or Path(args.state_dir) / "envelope.key")
     if args.envelope_key is None and args.insecure and not path.exists():
-        logging.warning(
+        _log.warning(
             "no envelope key (%s): no secret store; literal keys stay in the stored "
             "revisions and every agent receives them all",
             path,
@@ -335,7 +373,7 @@ def external_etcd_tls(args: argparse.Namespace) -> EtcdClientTls | None:
                 "--etcd-cacert FILE --etcd-cert FILE --etcd-key FILE, or accept plaintext "
                 "etcd with --etcd-plaintext (a trusted network only)"
             )
-        logging.warning(
+        _log.warning(
             "--etcd %s: plaintext etcd: the policy with its keys crosses the network in "
             "clear text and anyone who reaches etcd can change it; use https:// with "
             "--etcd-cacert/--etcd-cert/--etcd-key",
@@ -346,7 +384,7 @@ def external_etcd_tls(args: argparse.Namespace) -> EtcdClientTls | None:
         args.etcd_cacert, args.etcd_cert, args.etcd_key, server_name=args.etcd_server_name
     )
     if not tls.client_auth:
-        logging.warning(
+        _log.warning(
             "--etcd %s: no --etcd-cert/--etcd-key, the controller presents no client "
             "certificate: etcd should require one (--client-cert-auth), else anyone who "
             "reaches it can read and change the policy",
@@ -369,7 +407,7 @@ async def serve(args: argparse.Namespace) -> int:
             etcd = EtcdProcess(Path(args.state_dir) / "etcd", tls=pki)
             etcd.start()  # main thread: PR_SET_PDEATHSIG is tied to the starting thread
             url, tls = etcd.url, etcd.client_tls()
-            logging.info("private etcd on %s (data in %s)", url, etcd.data_dir)
+            _log.info("private etcd on %s (data in %s)", url, etcd.data_dir)
         store = await EtcdStore.connect(
             url, tls=tls, timeout=args.etcd_timeout, retry_budget=args.etcd_retry_budget
         )
@@ -399,7 +437,7 @@ async def serve(args: argparse.Namespace) -> int:
             and sec.state_dir is not None
             and not (sec.state_dir / "pki" / "ca.key").exists()
         ):
-            logging.info("no CA key in %s: this replica takes no joins", sec.state_dir)
+            _log.info("no CA key in %s: this replica takes no joins", sec.state_dir)
             join_at = None
         port = await controller.start(
             args.listen,
@@ -407,8 +445,10 @@ async def serve(args: argparse.Namespace) -> int:
             join_listen=join_at,
             join_credentials=sec.join_credentials,
         )
+        if args.metrics_listen:
+            await controller.metrics.start(args.metrics_listen)
         mode = "mTLS" if sec.credentials is not None else "plaintext, --insecure"
-        logging.info("controller %s serving on port %d (%s)", config.replica_id, port, mode)
+        _log.info("controller %s serving on port %d (%s)", config.replica_id, port, mode)
         joins = ""
         if controller.join_port and join_at is not None:
             joins = f", joins on {join_at.rsplit(':', 1)[0]}:{controller.join_port}"
@@ -439,9 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    level = "default" if args.verbose and args.level == "quiet" else args.level
+    replica = args.replica_id or f"{socket.gethostname()}-{args.listen.rsplit(':', 1)[-1]}"
+    logformat.configure(
+        level, args.log_format, ours=OURS, text_format=LOG_FORMAT, fields={"replica": replica}
     )
     try:
         return asyncio.run(serve(args))
@@ -451,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         StoreUnavailable,
         CaError,
         EnvelopeError,
+        MetricsError,
         OSError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -84,6 +84,7 @@ from controller.limits import (
     human_bytes,
     server_message_options,
 )
+from controller.metrics import ControllerMetrics
 from controller.registry import NodeView, Registry
 from controller.retry import request_deadline
 from controller.revisions import PolicyRepo, PushOutcome, Revision, check_request
@@ -303,6 +304,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 outcome.revision.revision,
                 outcome.revision.author,
                 outcome.revision.sha256[:12],
+                extra={"revision": outcome.revision.revision, "author": outcome.revision.author},
             )
         resp = _push_response(outcome)
         if outcome.accepted:
@@ -606,6 +608,7 @@ class Controller:
             node_lifetime=config.node_cert_lifetime,
             address_owner=self._address_owner,
         )
+        self.metrics = ControllerMetrics(self)  # served by metrics.start (--metrics-listen)
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(
@@ -693,6 +696,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self.metrics.close()
         if revoke and self.lease:
             with contextlib.suppress(StoreUnavailable):
                 await self.registry.flush(self.lease)
@@ -705,8 +709,8 @@ class Controller:
     # fan-out of a new revision never queues behind thousands of status writes.
     async def _resync_policy(self) -> int:
         kvs, rev = await self.store.get_prefix(self.keys.current)
-        if kvs:
-            self.hub.publish(await self.repo.read(int(kvs[0].value)))
+        if kvs and self.hub.publish(await self.repo.read(int(kvs[0].value))):
+            self.metrics.published(int(kvs[0].value))
         return rev
 
     async def _resync_registry(self) -> int:
@@ -766,7 +770,14 @@ class Controller:
                 raw = seen.get(keys.revision(number))
                 rev = Revision.from_bytes(raw) if raw else await self.repo.read(number)
                 if self.hub.publish(rev):
-                    _log.info("fan-out: revision %d to %d streams", number, len(self.hub.streams))
+                    self.metrics.published(number)
+                    streams = len(self.hub.streams)
+                    _log.info(
+                        "fan-out: revision %d to %d streams",
+                        number,
+                        streams,
+                        extra={"revision": number, "streams": streams},
+                    )
 
     async def _on_registry_events(self, events: list[WatchEvent]) -> None:
         policy = self.keys.root + "policy/"
@@ -1206,6 +1217,14 @@ class Controller:
             )
             stream.sent_dir_version = hub.directory_version if want_dir else 0
             initial = [hub.snapshot_bytes(want_dir)]
+        self.metrics.connected(hello.node, resumed=resume)
+        _log.debug(
+            "node %s connected (%s from revision %d)",
+            hello.node,
+            "resume" if resume else "snapshot",
+            have,
+            extra={"node": hello.node, "revision": have},
+        )
         old = hub.add(stream)
         if old is not None:
             _log.info("node %s connected again: closing its older stream", hello.node)
@@ -1240,6 +1259,7 @@ class Controller:
                 kind = msg.WhichOneof("kind")
                 if kind == "ack":
                     registry.acked(stream.node, msg.ack)
+                    self.metrics.acked(stream.node, msg.ack.revision, msg.ack.ok)
                 elif kind == "status":
                     registry.reported(stream.node, msg.status)
                 elif kind == "answer":
