@@ -13,7 +13,8 @@ How it decides (docs/spd.md section 13 has the operator's view):
   ``select_proposal``, ``wire_proposals``, ``contains_choice``, ``narrow_selectors``,
   ``within``; :class:`ipsecd.ike.Identity` matching; the proposal parsers), applied in
   the order the engine applies them (IKE_SA_INIT: the responder's candidates for the
-  address pair, first match; IKE_AUTH: identities, authentication, the first CHILD
+  address pair, first match; IKE_AUTH: identities, the best fitting candidates tried in
+  turn until one authenticates, the first CHILD
   SA without PFS; CREATE_CHILD_SA: further children and rekeys with PFS; IKE SA
   rekeys).  Both ends may initiate (``start eager``/``ondemand``; never ``passive``),
   so both directions are tried; a connection is compatible when every way it can be
@@ -586,19 +587,19 @@ def _negotiate(ini: _Conn, candidates: Sequence[_Conn], responder: str) -> _Outc
             f"no common IKE proposal: {ini.who} offers {_texts(ini.ike_texts)}, "
             f"{other.who} accepts only {_texts(accepted)}",
         )
-    # IKE_AUTH: the connection that accepts the initiator's identity (ike_auth
-    # _config_for_peer), then authentication both ways (auth.check_peer)
+    # IKE_AUTH (ike_auth._configs_for_peer): the connections that accept the
+    # initiator's identity and the chosen IKE proposal, best fitting first (the AUTH
+    # method, the IDr asked for, the first CHILD SA's traffic selectors); the responder
+    # authenticates with each in turn and keeps the first that succeeds
     assert ini.local_id is not None and ini.remote_id is not None
-    picked: _Conn | None = None
-    for cand in usable:
-        assert cand.remote_id is not None
-        if not cand.remote_id.matches(ini.local_id):
-            continue
-        if cand is not resp and not any(contains_choice(p, chosen) for p in cand.ike):
-            continue
-        picked = cand
-        break
-    if picked is None:
+    fitting = [
+        cand
+        for cand in usable
+        if cand.remote_id is not None
+        and cand.remote_id.matches(ini.local_id)
+        and (cand is resp or any(contains_choice(p, chosen) for p in cand.ike))
+    ]
+    if not fitting:
         expected = sorted({str(c.remote_id) for c in usable})
         return _Outcome(
             ini,
@@ -607,16 +608,16 @@ def _negotiate(ini: _Conn, candidates: Sequence[_Conn], responder: str) -> _Outc
             f"identities: {ini.who} identifies as {ini.local_id}, {resp.owner} "
             f"({resp.rev}) expects {' or '.join(expected)}",
         )
-    resp = picked
-    assert resp.local_id is not None
-    if not ini.remote_id.matches(resp.local_id):
-        return _Outcome(
-            ini,
-            resp,
-            False,
-            f"identities: {resp.who} identifies as {resp.local_id}, {ini.who} expects "
-            f"{ini.remote_id}",
+
+    def fit(cand: _Conn) -> tuple[bool, bool]:
+        ts = bool(
+            narrow_selectors(ini.local_ts, cand.remote_ts)
+            and narrow_selectors(ini.remote_ts, cand.local_ts)
         )
+        return ini.conn.auth == cand.conn.auth, ts  # our initiator sends no IDr
+
+    ranked = sorted(fitting, key=fit, reverse=True)
+    resp = next((c for c in ranked if _auth(ini, c) is None), ranked[0])
     auth = _auth(ini, resp)
     if auth is not None:
         return _Outcome(ini, resp, False, auth[0], proved=auth[1])

@@ -26,16 +26,20 @@ from ..codec import (
     Message,
     NotifyPayload,
     Payload,
+    TsiPayload,
+    TsrPayload,
 )
 from ..config import IkeConfig
-from ..constants import ExchangeType, NotifyType
+from ..constants import AuthMethod, ExchangeType, NotifyType
 from ..errors import IkeProtocolError
 from ..events import ChildSaFailed
 from ..negotiate import (
     Addr,
     contains_choice,
     fmt_addr,
+    from_wire_ts,
     identity_of,
+    narrow_selectors,
     notify_name,
     peer_text,
     prf_id,
@@ -145,20 +149,52 @@ class IkeAuth(Task):
         sa.add_child(spec, now)
 
 
-def _config_for_peer(sa: IkeSa, peer_id_type: int, peer_data: bytes) -> IkeConfig | None:
+def _configs_for_peer(
+    sa: IkeSa, peer_id_type: int, peer_data: bytes, inner: Sequence[Payload]
+) -> list[IkeConfig]:
+    """The connections that may answer this IKE_AUTH request, best first.
+
+    Candidates are the connections for the address pair that accept the initiator's
+    identity and the IKE proposal chosen in IKE_SA_INIT (which could only look at
+    addresses and proposals: RFC 7296 2.15 lets the responder pick its connection by
+    identity at IKE_AUTH).  Two connections between the same two addresses (docs/ike.md
+    "Choosing the connection") are told apart by what the request says: its AUTH method
+    (a pre-shared key or a signature), the identity it wants us to have (IDr, if sent)
+    and its traffic selectors (the first CHILD SA).  The order among equals is the
+    candidates' own; the caller then authenticates with each in turn."""
     assert sa.ike_choice is not None
     peer = identity_of(peer_id_type, peer_data)
     if peer is None:
-        return None  # an undecodable identity never authenticates
-    for cfg in sa.candidates:
-        if cfg.remote_id is not None and not cfg.remote_id.matches(peer):
-            continue
-        if cfg is not sa.config and not any(
-            contains_choice(p, sa.ike_choice) for p in cfg.ike_proposals
-        ):
-            continue
-        return cfg
-    return None
+        return []  # an undecodable identity never authenticates
+    fitting = [
+        cfg
+        for cfg in sa.candidates
+        if (cfg.remote_id is None or cfg.remote_id.matches(peer))
+        and (cfg is sa.config or any(contains_choice(p, sa.ike_choice) for p in cfg.ike_proposals))
+    ]
+    auth_p = next((p for p in inner if isinstance(p, AuthPayload)), None)
+    idr = next((p for p in inner if isinstance(p, IdrPayload)), None)
+    wanted = identity_of(idr.id_type, idr.data) if idr is not None else None
+    tsi = next((p for p in inner if isinstance(p, TsiPayload)), None)
+    tsr = next((p for p in inner if isinstance(p, TsrPayload)), None)
+    ts_i = from_wire_ts(tsi.selectors) if tsi is not None else None
+    ts_r = from_wire_ts(tsr.selectors) if tsr is not None else None
+
+    def fit(cfg: IkeConfig) -> tuple[bool, bool, bool]:
+        psk = auth_p is not None and auth_p.method == AuthMethod.PSK
+        method = psk == (cfg.trust is None)
+        me = wanted is None or cfg.local_id.matches(wanted)
+        ts = (
+            ts_i is None
+            or ts_r is None
+            or bool(
+                narrow_selectors(ts_i, cfg.child.remote_ts)
+                and narrow_selectors(ts_r, cfg.child.local_ts)
+            )
+        )
+        return method, me, ts
+
+    return sorted(fitting, key=fit, reverse=True)  # stable: equals keep their order
 
 
 def respond(
@@ -171,25 +207,30 @@ def respond(
             "IKE_AUTH request lacks IDi or AUTH", notify=NotifyType.INVALID_SYNTAX
         )
     who = peer_text(idi.id_type, idi.data)
-    cfg = _config_for_peer(sa, idi.id_type, idi.data)
-    if cfg is None:
+    ranked = _configs_for_peer(sa, idi.id_type, idi.data, inner)
+    if not ranked:
         raise IkeProtocolError(
             f"no connection accepts peer identity {who}", notify=NotifyType.AUTHENTICATION_FAILED
         )
     peer = identity_of(idi.id_type, idi.data)
     assert peer is not None
-    try:
-        peer_auth = auth.check_peer(
-            sa, cfg, peer, inner, _octets(sa, True, codec.payload_body(idi))
-        )
-    except IkeProtocolError as exc:
-        if exc.notify == NotifyType.AUTHENTICATION_FAILED:
-            # DESIGN convention 4: authentication failures drop (no SA kept) and log;
-            # the reason stays here (logged, in IkeSaFailed), the peer gets the code
-            raise auth.AuthFailed(
-                f"authentication of peer {who} from {fmt_addr(addr)} failed: {exc.message}"
-            ) from None
-        raise
+    octets_i = _octets(sa, True, codec.payload_body(idi))
+    failed: IkeProtocolError | None = None
+    for cfg in ranked:  # bounded: the connections between these two addresses
+        try:
+            peer_auth = auth.check_peer(sa, cfg, peer, inner, octets_i)
+            break
+        except IkeProtocolError as exc:
+            if exc.notify != NotifyType.AUTHENTICATION_FAILED:
+                raise
+            failed = failed or exc  # the best fitting connection's reason is the one told
+    else:
+        assert failed is not None
+        # DESIGN convention 4: authentication failures drop (no SA kept) and log;
+        # the reason stays here (logged, in IkeSaFailed), the peer gets the code
+        raise auth.AuthFailed(
+            f"authentication of peer {who} from {fmt_addr(addr)} failed: {failed.message}"
+        ) from None
     sa.config = cfg
     sa.remote_id = peer
     sa.peer_auth = peer_auth
