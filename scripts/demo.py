@@ -334,8 +334,7 @@ def step_controller(tmp: Path) -> None:
         "refused a push, compare-and-swap revisions whose author is the certificate, "
         "and a simulated agent (agent/stream.py, the class the real agent uses) "
         "streaming with its node certificate and acknowledging each revision",
-        "no real agent applies the revisions to a kernel here (step 3 does that part); "
-        "one replica; secrets are not yet encrypted at rest in etcd",
+        "no real agent applies the revisions to a kernel here (step 3 does that part); one replica",
     )
     ctl = tool("ipsecctl")
     daemon = tool("ipsecd-controller")
@@ -465,13 +464,15 @@ except TimeoutError:
 def step_cluster(tmp: Path) -> None:
     heading(
         "3. The main job: one SPD pushed to a 3-node cluster that encrypts",
-        "three nodes in namespaces, etcd + ipsecd-controller with its cluster CA (mTLS), "
-        "an ipsecd agent per node (cluster mode, its node certificate for the controller "
-        "and for IKE), ipsecctl push, the IKEv2 mesh forming, ipsecctl status per node, "
+        "three nodes in namespaces, etcd over TLS + ipsecd-controller with its cluster CA "
+        "(mTLS), node certificates issued for a and b while c joins with a token, a PSK "
+        "in the sealed secret store (each node gets only its pair's derived key), an "
+        "ipsecd agent per node (cluster mode, its certificate for the controller and for "
+        "IKE), ipsecctl push, the IKEv2 mesh forming, ipsecctl status per node, "
         "an encrypted ping on the wire, a policy change applied in place, kill -9 of an "
         "agent with no clear text leaking",
-        "join tokens (the node certificates are minted with ipsecd-controller issue); "
-        "secrets encrypted at rest; one controller replica",
+        "certificate renewal and node removal (tests/kernel/test_agent_join.py); one "
+        "controller replica",
     )
     scene = [sys.executable, "scripts/demo_cluster.py"]
     if _kernel_has_esp():

@@ -4,11 +4,16 @@
     scripts/demo_cluster.py          (root; a kernel with ESP: scripts/demo.py runs it
                                       inside the kernel lab VM when the host has none)
 
-The scene, all real: three network namespaces on a bridge (nodes a, b, c), etcd and
-``ipsecd-controller`` with its cluster CA (``ipsecd-controller init``; mTLS only), a
-node certificate per node (``ipsecd-controller issue``), an ``ipsecd`` agent per node
-in cluster mode using it for the controller stream and for IKE (a and b in this
-process, c as its own process so that it can be killed), ``ipsecctl push`` with
+The scene, all real: three network namespaces on a bridge (nodes a, b, c), etcd over
+TLS with client certificates and ``ipsecd-controller`` with its cluster CA
+(``ipsecd-controller init``; mTLS only), node certificates for a and b minted by the
+operator (``ipsecd-controller issue``) while c joins with a token (``ipsecctl token
+create``; it makes its own key and gets its certificate over a CSR), an ``ipsecd``
+agent per node in cluster mode using its certificate for the controller stream and for
+IKE (a and b in this process, c as its own process so that it can be killed), a
+pre-shared key for connection ab kept in the controller's sealed secret store
+(``ipsecctl secret set``: a and b each receive only their pair's derived key),
+``ipsecctl push`` with
 ``admin.conf``, the mesh of IKEv2 SAs forming, ``ipsecctl status`` per node, an
 encrypted ping on the wire (tcpdump), a policy change applied in place (only the
 changed connection is renegotiated, a running ping loses nothing), and ``kill -9`` of
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import re
@@ -40,8 +46,10 @@ from agent.credentials import NodeFiles  # noqa: E402
 from agent.daemon import AgentOptions, Daemon  # noqa: E402
 from controller import cli  # noqa: E402
 from controller.embedded_etcd import EtcdProcess, free_port  # noqa: E402
+from controller.etcd_pki import state_etcd_pki  # noqa: E402
 from controller.etcd_store import EtcdStore  # noqa: E402
 from controller.main import mtls_security  # noqa: E402
+from controller.secretstore import Envelope  # noqa: E402
 from controller.server import Controller, ControllerConfig  # noqa: E402
 
 PREFIX = "idm-"
@@ -77,7 +85,8 @@ defaults {{ policy discard; esp_trans_deflev require; }}
 nodes na name a;
 nodes nb name b;
 nodes nc name c;
-connection ab {{ between na and nb; mode transport; esp lifetime {ab_lifetime}; }}
+connection ab {{ between na and nb; mode transport; esp lifetime {ab_lifetime};
+                auth psk secret:ab-psk; }}  # a key from the secret store
 connection ac {{ between na and nc; mode transport; }}
 connection bc {{ between nb and nc; mode transport; }}
 """
@@ -101,11 +110,13 @@ def controller_cmd(*args: str) -> str:
 
 
 def cluster_pki(work: Path, state: Path) -> Path:
-    """One certificate per node from the controller's cluster CA, naming the node's
+    """One certificate for a and b from the controller's cluster CA, naming the node's
     name and address (its IKE identity with 'id name' / 'id address', and its identity
     for the controller stream); keys 0600."""
     d = work / "pki"
     for n, addr in NODES.items():
+        if n == "c":
+            continue  # c joins with a token
         controller_cmd("issue", "--state-dir", str(state), "--role", "node", "--name", n,
                        "--address", addr, "--out", str(d))  # fmt: skip
     return d
@@ -156,21 +167,31 @@ def topology() -> Iterator[dict[str, str]]:
 # ----------------------------------------------------------------------- pieces
 
 
-def ipsecctl(*args: str) -> tuple[int, str]:
-    """The real ipsecctl (controller/cli.py) over real gRPC, output captured."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = cli.main(list(args))
-    return code, out.getvalue()
+def ipsecctl(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """The real ipsecctl (controller/cli.py) over real gRPC: exit code, stdout, stderr
+    (``stdin``: what it reads, e.g. a secret's value)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args))
+    finally:
+        sys.stdin = saved
+    return code, out.getvalue(), err.getvalue()
 
 
-async def run_ipsecctl(*args: str) -> str:
-    print(_c("33", f"   $ ipsecctl {' '.join(args)}"), flush=True)
-    code, text = await asyncio.to_thread(ipsecctl, *args)
-    show(text)
+async def run_ipsecctl(*args: str, stdin: bytes | None = None) -> str:
+    """Run, show its output (the token of ``token create`` shortened), return stdout."""
+    shown = f" < (a value, {len(stdin)} bytes)" if stdin is not None else ""
+    print(_c("33", f"   $ ipsecctl {' '.join(args)}{shown}"), flush=True)
+    code, out, err = await asyncio.to_thread(functools.partial(ipsecctl, *args, stdin=stdin))
+    visible = out if args[:2] != ("token", "create") else out[:24] + "...(the token)\n"
+    show(visible + err)
     if code != 0:
         raise SceneFailed(f"ipsecctl {' '.join(args)} exited {code}")
-    return text
+    return out
 
 
 async def ping(ns: str, dst: str, count: int, interval: float) -> tuple[int, int, str]:
@@ -281,24 +302,34 @@ async def scene(work: Path) -> None:
         for n, addr in NODES.items():
             say(f"node {n}: {addr} in netns {ns[n]}")
         title("2. etcd and ipsecd-controller")
-        etcd = EtcdProcess(work / "etcd")
-        etcd.start()
         port = free_port()
         target = f"127.0.0.1:{port}"
         state = work / "ctl"
         await asyncio.to_thread(
             controller_cmd, "init", "--state-dir", str(state), "--listen", target
         )
+        etcd = EtcdProcess(work / "etcd", tls=state_etcd_pki(state))  # TLS, client certs
+        etcd.start()
         sec = mtls_security(state)
-        store = await EtcdStore.connect(etcd.url)
+        store = await EtcdStore.connect(etcd.url, tls=etcd.client_tls())
         ctl = Controller(
             store,
             ControllerConfig(replica_id="demo", advertise=target, key_root="/demo/"),
             authorizer=sec.authorizer,
             peer_credentials=sec.peer_credentials,
+            envelope=Envelope.from_file(state / "envelope.key"),
+            state_dir=state,
         )
-        await ctl.start(target, credentials=sec.credentials)
-        say(f"controller on {target} (mTLS only, CA in {state}), etcd at {etcd.url}")
+        await ctl.start(
+            target,
+            credentials=sec.credentials,
+            join_listen=f"127.0.0.1:{port + 1}",
+            join_credentials=sec.join_credentials,
+        )
+        say(
+            f"controller on {target} (mTLS only, CA in {state}), joins on port "
+            f"{ctl.join_port}, etcd at {etcd.url} (TLS, client certificates)"
+        )
         try:
             await _with_controller(work, ns, target, ctl, state)
         finally:
@@ -310,11 +341,22 @@ async def scene(work: Path) -> None:
 async def _with_controller(
     work: Path, ns: dict[str, str], target: str, ctl: Controller, state: Path
 ) -> None:
-    title("3. Node certificates from the cluster CA (for the controller stream and IKE)")
+    """Steps 3 and 4: node identities and the agents."""
+    title("3. Node identities: certificates for a and b, a join token for c; a secret")
     certs = await asyncio.to_thread(cluster_pki, work, state)
-    say(f"node certificates in {certs} (keys mode 0600)")
+    say(f"node certificates of a and b in {certs} (keys mode 0600)")
     os.environ["IPSECCTL_CONFIG"] = str(state / "admin.conf")
     say(f"ipsecctl's credentials: IPSECCTL_CONFIG={state / 'admin.conf'}")
+    token = (
+        await run_ipsecctl("token", "create", "--node", "c", "--uses", "1", "--ttl", "10m")
+    ).strip()
+    token_file = work / "c.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    say(f"the token (it also pins the cluster CA) in {token_file}, mode 0600")
+    say("a pre-shared key for connection ab, into the controller's sealed store:")
+    await run_ipsecctl("secret", "set", "ab-psk", stdin=os.urandom(32).hex().encode())
+    await run_ipsecctl("secret", "list")
     title("4. ipsecd agents in cluster mode (a and b here, c as its own process)")
     opts = []
     for n in ("a", "b"):
@@ -349,16 +391,13 @@ async def _with_controller(
         str(c_state),
         "--socket",
         str(c_state / "ipsecd.sock"),
-        "--cert",
-        str(certs / "c.pem"),
-        "--key",
-        str(certs / "c.key"),
-        "--ca",
-        str(certs / "ca.pem"),
+        "--join-file",
+        str(token_file),
     ]
     say(
-        f"$ ipsecd --controller {target} --node c --cert c.pem --key c.key "
-        "--ca ca.pem   (and a, b alike: mTLS to the controller, the same files for IKE)"
+        f"$ ipsecd --controller {target} --node c --join-file c.token   (c makes its key, "
+        "checks the CA against the token's pin, sends a CSR; a and b run with "
+        "--cert/--key/--ca: mTLS to the controller, the same files for IKE)"
     )
     c_log = (work / "agent-c.log").open("wb")
     agent_c = subprocess.Popen(c_argv, cwd=CHECKOUT, stdout=c_log, stderr=subprocess.STDOUT)
@@ -424,12 +463,20 @@ async def _scene_body(
                 f"{n}: {c['name']}: peer authenticated by {c['peer_auth']} "
                 f"(certificate {c['peer_certificate']})"
             )
+    expected = {"ab": "psk"}  # the others: the node certificates (ECDSA P-256)
     if any(
-        not (c["peer_auth"] or "").startswith("ecdsa")
+        not (c["peer_auth"] or "").startswith(expected.get(c["connection"], "ecdsa"))
         for d in daemons.values()
         for c in d.status()["connections"]
     ):
-        raise SceneFailed("a peer was not authenticated with its certificate")
+        raise SceneFailed("a peer was not authenticated as its connection says")
+    for n, d in daemons.items():
+        held = sorted(d.delivered)
+        say(f"{n} holds from the secret store: {', '.join(held)} (its pair's key, never the root)")
+    if sorted(daemons["a"].delivered) != ["ab-psk@b"] or sorted(daemons["b"].delivered) != [
+        "ab-psk@a"
+    ]:
+        raise SceneFailed("a node received secrets other than its own pair's")
     for n in NODES:
         await run_ipsecctl("status", n)
     title("7. An encrypted ping, as seen on the wire (tcpdump of what a sends)")
