@@ -24,7 +24,6 @@ Exit codes of the local subcommands: 0 ok, 1 invalid input (diagnostics on stder
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -36,9 +35,12 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from controller.cli_convert import register as _register_convert
+from controller.cli_help import add_examples
+from controller.cli_help import register as _register_completion
 from controller.cli_nodes import register as _register_nodes
 from controller.cli_remote import register as _register_remote
 from controller.cli_rollout import register as _register_rollout
+from controller.cliout import emit, structured
 from ipsecd.spd import (
     Diagnostic,
     SpdError,
@@ -67,7 +69,7 @@ def _register_local(subparsers: Any) -> None:
     p.add_argument("--node", required=True, metavar="NAME", help="node name in the nodes file")
     p.add_argument("--nodes", required=True, metavar="NODES_FILE",
                    help="node directory: NAME ADDR[,ADDR] [key=value ...] per line")  # fmt: skip
-    p.add_argument("-o", "--output", choices=("json", "text"), default="text")
+    p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
     p.add_argument("--show-secrets", action="store_true",
                    help="print literal keys (default: redacted)")  # fmt: skip
     p.set_defaults(func=_compile)
@@ -80,6 +82,7 @@ REGISTRARS: list[Registrar] = [
     _register_convert,
     _register_nodes,
     _register_rollout,
+    _register_completion,
 ]
 
 
@@ -107,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTRARS:
         register(subparsers)
+    add_examples(parser)
     return parser
 
 
@@ -184,8 +188,8 @@ def _compile(args: argparse.Namespace) -> int:
         print(exc.render(), file=sys.stderr)
         return 1
     redact = not args.show_secrets
-    if args.output == "json":
-        print(json.dumps(config.to_dict(redact=redact), indent=2, sort_keys=True))
+    if structured(args):
+        emit(args, config.to_dict(redact=redact))
     else:
         sys.stdout.write(config.to_text(redact=redact))
     return 0

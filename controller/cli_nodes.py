@@ -22,7 +22,8 @@ from typing import Any
 
 import grpc.aio
 
-from controller.cli_remote import EXIT, _print_json, _table, _to_dict, common_options, runner
+from controller.cli_remote import EXIT, _table, _to_dict, common_options, runner
+from controller.cliout import emit, structured
 from ipsecd.v1 import join_pb2, join_pb2_grpc
 
 __all__ = ["parse_duration", "register"]
@@ -64,8 +65,8 @@ async def _create(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
         description=args.description or "",
     )
     resp = await join_pb2_grpc.NodeAdminServiceStub(ch).CreateToken(req, timeout=RPC_TIMEOUT)
-    if args.output == "json":
-        _print_json({"token": resp.token, "info": _to_dict(resp.info)})
+    if structured(args):
+        emit(args, {"token": resp.token, "info": _to_dict(resp.info)})
         return EXIT["ok"]
     print(resp.token)
     info = resp.info
@@ -84,8 +85,8 @@ async def _list(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     resp = await join_pb2_grpc.NodeAdminServiceStub(ch).ListTokens(
         join_pb2.ListTokensRequest(), timeout=RPC_TIMEOUT
     )
-    if args.output == "json":
-        _print_json(_to_dict(resp))
+    if structured(args):
+        emit(args, _to_dict(resp))
         return EXIT["ok"]
     rows = [
         [
@@ -108,8 +109,8 @@ async def _delete(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     await join_pb2_grpc.NodeAdminServiceStub(ch).DeleteToken(
         join_pb2.DeleteTokenRequest(id=args.id), timeout=RPC_TIMEOUT
     )
-    if args.output == "json":
-        _print_json({"deleted": args.id})
+    if structured(args):
+        emit(args, {"deleted": args.id})
     else:
         print(f"join token {args.id} deleted")
     return EXIT["ok"]
@@ -119,8 +120,8 @@ async def _remove(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     resp = await join_pb2_grpc.NodeAdminServiceStub(ch).RemoveNode(
         join_pb2.RemoveNodeRequest(node=args.name), timeout=RPC_TIMEOUT
     )
-    if args.output == "json":
-        _print_json(_to_dict(resp))
+    if structured(args):
+        emit(args, _to_dict(resp))
         return EXIT["ok"]
     serials = ", ".join(resp.revoked_serials) or "none still valid"
     print(f"node {args.name} removed: certificates revoked: {serials}")

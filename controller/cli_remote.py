@@ -57,6 +57,7 @@ from google.protobuf import json_format
 
 from controller import cli_secret
 from controller.clientconf import ConfigError, load_config, locate
+from controller.cliout import READ_FORMATS, emit, error, structured, wide
 from controller.limits import (
     DEFAULT_MAX_POLICY_BYTES,
     MAX_RESPONSE_BYTES,
@@ -275,12 +276,14 @@ _HEALTH = {
 }
 
 
-def _meta_row(m: types_pb2.RevisionMeta, current: int) -> list[str]:
+def _meta_row(m: types_pb2.RevisionMeta, current: int, more: bool = False) -> list[str]:
     note = m.comment
     if m.rollback_of:
         note = f"{note} (rollback of {m.rollback_of})".strip()
     mark = "*" if m.revision == current else ""
-    return [f"{m.revision}{mark}", _when(m.created_unix_ms), m.author, m.sha256[:12], note]
+    sha = m.sha256 if more else m.sha256[:12]
+    row = [f"{m.revision}{mark}", _when(m.created_unix_ms), m.author, sha, note]
+    return [*row, str(m.base_revision or "-"), m.filename or "-"] if more else row
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -316,8 +319,8 @@ def _too_large(path: Path, size: int) -> str:
 
 
 def _report_push(args: argparse.Namespace, resp: policy_pb2.PushResponse, verb: str) -> int:
-    if args.output == "json":
-        _print_json(_to_dict(resp))
+    if structured(args):
+        emit(args, _to_dict(resp))
     elif not resp.accepted:
         for d in resp.diagnostics:
             print(d.rendered, file=sys.stderr)
@@ -330,7 +333,7 @@ def _report_push(args: argparse.Namespace, resp: policy_pb2.PushResponse, verb: 
     else:
         r = resp.revision
         print(f"{verb} revision {r.revision} (sha256 {r.sha256[:12]}, base {r.base_revision})")
-    if args.output != "json":
+    if not structured(args):
         for note in resp.notes:
             print(f"note: {note}")
     return EXIT["ok"] if resp.accepted else EXIT["invalid"]
@@ -339,8 +342,8 @@ def _report_push(args: argparse.Namespace, resp: policy_pb2.PushResponse, verb: 
 async def _get(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     req = policy_pb2.GetRequest(revision=args.revision or 0, show_secrets=args.show_secrets)
     resp = await policy_pb2_grpc.PolicyServiceStub(ch).Get(req, timeout=RPC_TIMEOUT)
-    if args.output == "json":
-        _print_json(_to_dict(resp))
+    if structured(args):
+        emit(args, _to_dict(resp))
     else:
         sys.stdout.write(
             resp.text if resp.text.endswith("\n") or not resp.text else resp.text + "\n"
@@ -357,19 +360,22 @@ async def _get(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
 async def _history(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     req = policy_pb2.HistoryRequest(limit=args.limit or 0)
     resp = await policy_pb2_grpc.PolicyServiceStub(ch).History(req, timeout=RPC_TIMEOUT)
-    if args.output == "json":
-        _print_json(_to_dict(resp))
+    if structured(args):
+        emit(args, _to_dict(resp))
     else:
-        rows = [_meta_row(m, resp.current_revision) for m in resp.revisions]
-        print(_table(["REVISION", "CREATED", "AUTHOR", "SHA256", "COMMENT"], rows))
+        rows = [_meta_row(m, resp.current_revision, wide(args)) for m in resp.revisions]
+        headers = ["REVISION", "CREATED", "AUTHOR", "SHA256", "COMMENT"]
+        if wide(args):
+            headers += ["BASE", "FILE"]
+        print(_table(headers, rows))
     return EXIT["ok"]
 
 
 async def _diff(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     req = policy_pb2.DiffRequest(a=args.a, b=args.b, show_secrets=args.show_secrets)
     resp = await policy_pb2_grpc.PolicyServiceStub(ch).Diff(req, timeout=RPC_TIMEOUT)
-    if args.output == "json":
-        _print_json(_to_dict(resp))
+    if structured(args):
+        emit(args, _to_dict(resp))
     else:
         sys.stdout.write(resp.unified_diff)
     return EXIT["ok"]
@@ -385,8 +391,13 @@ async def _rollback(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     return _report_push(args, resp, "rolled back: new")
 
 
-def _node_row(n: status_pb2.NodeInfo) -> list[str]:
+def _node_row(n: status_pb2.NodeInfo, more: bool = False) -> list[str]:
     st = n.status
+    extra = (
+        [",".join(n.addresses) or "-", ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))]
+        if more
+        else []
+    )
     return [
         n.name,
         "yes" if n.connected else "no",
@@ -396,6 +407,7 @@ def _node_row(n: status_pb2.NodeInfo) -> list[str]:
         str(st.ike_sas),
         str(st.child_sas),
         _ago(n.last_seen_unix_ms),
+        *extra,
     ]
 
 
@@ -406,10 +418,11 @@ async def _nodes(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     resp = await status_pb2_grpc.StatusServiceStub(ch).ListNodes(
         status_pb2.ListNodesRequest(), timeout=RPC_TIMEOUT
     )
-    if args.output == "json":
-        _print_json(_to_dict(resp))
+    if structured(args):
+        emit(args, _to_dict(resp))
     else:
-        print(_table(_NODE_HEADERS, [_node_row(n) for n in resp.nodes]))
+        headers = _NODE_HEADERS + (["ADDRESSES", "LABELS"] if wide(args) else [])
+        print(_table(headers, [_node_row(n, wide(args)) for n in resp.nodes]))
         print(f"# current revision {resp.current_revision or '-'}", file=sys.stderr)
     return EXIT["ok"]
 
@@ -431,8 +444,8 @@ def _status_entry(
         except StatusError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT["unreachable"]
-        if args.output == "json":
-            _print_json(status)
+        if structured(args):
+            emit(args, status)
         else:
             sys.stdout.write(render_table(status))
         return EXIT["ok"]
@@ -461,14 +474,15 @@ async def _status(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
         status_pb2.NodeStatusRequest(node=args.node, timeout_seconds=args.timeout),
         timeout=args.timeout + RPC_TIMEOUT,
     )
-    if args.output == "json":
-        _print_json(_to_dict(resp))
+    if structured(args):
+        emit(args, _to_dict(resp))
         return EXIT["ok"]
     table = _agent_table(resp.node.status.detail) if resp.node.status.detail else None
     if table is not None:
         sys.stdout.write(table)
     else:
-        print(_table(_NODE_HEADERS, [_node_row(resp.node)]))
+        headers = _NODE_HEADERS + (["ADDRESSES", "LABELS"] if wide(args) else [])
+        print(_table(headers, [_node_row(resp.node, wide(args))]))
         if resp.node.status.detail:
             print(f"detail: {resp.node.status.detail}")
     if resp.stale:
@@ -494,7 +508,7 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
         try:
             return asyncio.run(go(resolve_target(args)))
         except CliError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            error(str(exc))
             return EXIT[exc.kind]
 
     return run
@@ -521,7 +535,13 @@ def common_options() -> argparse.ArgumentParser:
         action="store_true",
         help="plaintext gRPC to a controller started with --insecure (no config)",
     )
-    common.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    common.add_argument(
+        "-o",
+        "--output",
+        choices=READ_FORMATS,
+        default="table",
+        help="table (default), wide (more columns), json or yaml (for scripts)",
+    )
     return common
 
 
@@ -583,7 +603,7 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(func=_status_entry(p.get_default("func")))
 
-    cli_secret.register(subparsers, common, _runner, EXIT, _table, _when, _print_json, _to_dict)
+    cli_secret.register(subparsers, common, _runner, EXIT, _table, _when, _to_dict)
 
 
 def main(argv: list[str] | None = None) -> int:

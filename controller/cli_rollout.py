@@ -10,11 +10,11 @@ FILE:LINE:COL on stderr) or a directory beyond the check's bounds; 2 usage error
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from typing import Any
 
+from controller.cliout import emit, structured
 from ipsecd.spd import NodeInfo, Policy, SpdError, load_file, load_nodes_file
 from ipsecd.spd.compat import CompatLimitError, check_rollout, synthetic_directory
 
@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
         help="node directory: NAME ADDR[,ADDR] [key=value ...] per line (without it, "
         "one stand-in node per group clause of the two files)",
     )
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
     p.set_defaults(func=_check_rollout)
 
 
@@ -77,8 +77,8 @@ def _check_rollout(args: argparse.Namespace) -> int:
         return 1
     if synthetic:
         report = replace(report, synthetic=True)
-    if args.output == "json":
-        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    if structured(args):
+        emit(args, report.to_dict())
     else:
         sys.stdout.write(report.to_text())
     return 0 if report.compatible else EXIT_INCOMPATIBLE

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc.aio
 
+from controller.cliout import emit, structured
 from ipsecd.v1 import policy_pb2, policy_pb2_grpc
 
 __all__ = ["read_value", "register"]
@@ -80,7 +81,6 @@ def register(
     exits: dict[str, int],
     table: Callable[[list[str], list[list[str]]], str],
     when: Callable[[int], str],
-    to_json: Callable[[Any], None],
     to_dict: Callable[[Any], dict[str, Any]],
 ) -> None:
     """Add ``secret`` with its three subcommands (called by cli_remote.register)."""
@@ -94,8 +94,8 @@ def register(
         resp = await policy_pb2_grpc.PolicyServiceStub(ch).SetSecret(
             policy_pb2.SetSecretRequest(name=args.name, value=value), timeout=15.0
         )
-        if args.output == "json":
-            to_json(to_dict(resp))
+        if structured(args):
+            emit(args, to_dict(resp))
             return exits["ok"]
         what = "stored" if resp.changed else "unchanged (the store already holds this value)"
         print(f"secret {args.name}: {what}, {len(value)} bytes")
@@ -110,8 +110,8 @@ def register(
         resp = await policy_pb2_grpc.PolicyServiceStub(ch).ListSecrets(
             policy_pb2.ListSecretsRequest(), timeout=15.0
         )
-        if args.output == "json":
-            to_json(to_dict(resp))
+        if structured(args):
+            emit(args, to_dict(resp))
             return exits["ok"]
         rows = [
             [

@@ -116,3 +116,15 @@ def test_controller_options_are_bounded(capsys: pytest.CaptureFixture[str]) -> N
         assert "error: --" in err and "Traceback" not in err
     args = parser.parse_args(["--max-policy-bytes", str(POLICY_BYTES_CEILING)])
     check_args(parser, args)
+
+
+def test_the_operations_exit_code_table_matches() -> None:
+    """docs/operations.md has one exit-code table for every ipsecctl command; it lists
+    exactly the codes of EXIT (plus 130, Ctrl-C)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[3] / "docs" / "operations.md").read_text()
+    table = doc[doc.index("**Exit codes**") :]
+    table = table[: table.index("\n\n", table.index("| exit |"))]
+    codes = {int(m) for m in re.findall(r"^\| (\d+) \|", table, re.M)}
+    assert codes == set(cli_remote.EXIT.values()) | {130}

@@ -100,4 +100,4 @@ def test_missing_file_and_usage(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert ipsecctl(["check-rollout", old, "/nonexistent/new.spd"]) == 1
     assert "cannot read SPD file" in capsys.readouterr().err
     assert ipsecctl(["check-rollout", old]) == 2
-    assert ipsecctl(["check-rollout", old, old, "-o", "yaml"]) == 2
+    assert ipsecctl(["check-rollout", old, old, "-o", "xml"]) == 2
