@@ -87,7 +87,8 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = MappingProxyType(
         # the token in the request authenticates a joining node (see WITHOUT_CERTIFICATE)
         "/ipsecd.v1.JoinService/Join": frozenset(Role),
         # a node renews its own certificate only (the handler takes the caller's name)
-        "/ipsecd.v1.JoinService/Renew": frozenset({Role.NODE}),
+        # (and a replica forwarding it to the replica holding the CA key)
+        "/ipsecd.v1.JoinService/Renew": frozenset({Role.NODE, Role.CONTROLLER}),
         "/ipsecd.v1.NodeAdminService/CreateToken": ADMIN_ONLY,
         "/ipsecd.v1.NodeAdminService/ListTokens": ADMIN_ONLY,
         "/ipsecd.v1.NodeAdminService/DeleteToken": ADMIN_ONLY,

@@ -170,6 +170,11 @@ class NodeIdentities:
             )
         return sd
 
+    @property
+    def can_sign(self) -> bool:
+        """Whether this replica holds the CA key (Join, Renew, node removal)."""
+        return self.state_dir is not None and StateDir(self.state_dir).ca_key.exists()
+
     def ca_certificate(self) -> x509.Certificate:
         sd = self._sd("a join token")
         try:

@@ -493,14 +493,22 @@ class JoinServicer(join_pb2_grpc.JoinServiceServicer):
     async def Renew(self, request: Any, context: Any) -> join_pb2.NodeCredentials:
         principal = _principal()
 
-        async def work() -> Any:
-            if principal.role != Role.NODE:
+        async def work() -> join_pb2.NodeCredentials:
+            if principal.role == Role.CONTROLLER and request.on_behalf_of:
+                node = request.on_behalf_of  # a replica forwarding its node's renewal
+            elif principal.role == Role.NODE and not request.on_behalf_of:
+                node = principal.name
+            else:
                 raise PermissionDenied(
                     f"{principal.identity} may not renew: Renew is for a node's own certificate"
                 )
-            return await self.c.identities.renew(principal.name, request.csr)
+            if not self.c.identities.can_sign and principal.role == Role.NODE:
+                forwarded = await self.c.forward_renew(node, request.csr)
+                if forwarded is not None:
+                    return forwarded
+            return _node_credentials(await self.c.identities.renew(node, request.csr))
 
-        return _node_credentials(await _guard(context, work()))
+        return await _guard(context, work())
 
 
 def _token_info(rec: Any, used_by: list[str]) -> join_pb2.TokenInfo:
@@ -814,9 +822,10 @@ class Controller:
             try:
                 if not self.lease:
                     self.lease = await self.store.grant_lease(cfg.lease_ttl)
+                    record = {"address": cfg.advertise, "signer": self.identities.can_sign}
                     await self.store.put(
                         self.keys.replica(cfg.replica_id),
-                        json.dumps({"address": cfg.advertise}).encode(),
+                        json.dumps(record).encode(),
                         lease=self.lease,
                     )
                 elif not await self.store.refresh_lease(self.lease):
@@ -1321,6 +1330,46 @@ class Controller:
         if not note:
             note = f"node {name} is not connected"
         return status_pb2.NodeStatusResponse(node=last, stale=True, note=note)
+
+    async def forward_renew(self, node: str, csr: bytes) -> join_pb2.NodeCredentials | None:
+        """This replica holds no CA key: ask a replica that does (its replica record says
+        ``signer``) to renew ``node``'s certificate, with this replica's certificate
+        (role controller).  None when no signer is known: the caller then refuses as
+        before (docs/security.md "Renewal")."""
+        signers = [
+            rec["address"]
+            for rid, rec in sorted(self.view.replicas.items())
+            if rec.get("signer") and rid != self.config.replica_id and rec.get("address")
+        ]
+        if not signers or self.peer_credentials is None:
+            return None
+        request = join_pb2.RenewRequest(csr=csr, on_behalf_of=node)
+        last: grpc.aio.AioRpcError | None = None
+        for address in signers:
+            channel = grpc.aio.secure_channel(
+                address, self.peer_credentials, options=client_channel_options()
+            )
+            try:
+                async with channel:
+                    answer: join_pb2.NodeCredentials = await join_pb2_grpc.JoinServiceStub(
+                        channel
+                    ).Renew(request, timeout=10.0)
+                    _log.info("renewal of node %s forwarded to the signer at %s", node, address)
+                    return answer
+            except grpc.aio.AioRpcError as exc:
+                _log.info("forwarding the renewal of %s to %s: %s", node, address, exc.code())
+                last = exc
+                if exc.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    break
+        if last is not None and last.code() in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.PERMISSION_DENIED,
+        ):
+            raise BadRequest(f"the signer refused the renewal: {last.details()}")
+        return None
 
     async def _forward(
         self, address: str, name: str, timeout: float

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ipsecd/v1/join.proto\x12\tipsecd.v1\"P\n\x0bJoinRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x14\n\x0ctoken_secret\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0b\n\x03\x63sr\x18\x04 \x01(\x0c\"\x1b\n\x0cRenewRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"\x80\x01\n\x0fNodeCredentials\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\n\n\x02\x63\x61\x18\x02 \x01(\x0c\x12\x0b\n\x03\x63rl\x18\x03 \x01(\x0c\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x05 \x01(\x03\x12\x17\n\x0frevoked_serials\x18\x06 \x03(\t\"Z\n\x12\x43reateTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x01\x12\x0c\n\x04uses\x18\x02 \x01(\r\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xac\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x02 \x01(\x03\x12\x14\n\x0c\x65xpires_unix\x18\x03 \x01(\x03\x12\x0c\n\x04uses\x18\x04 \x01(\r\x12\x11\n\tuses_left\x18\x05 \x01(\r\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x0f\n\x07used_by\x18\t \x03(\t\"H\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.ipsecd.v1.TokenInfo\"\x13\n\x11ListTokensRequest\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.ipsecd.v1.TokenInfo\" \n\x12\x44\x65leteTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTokenResponse\"!\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"Y\n\x12RemoveNodeResponse\x12\x17\n\x0frevoked_serials\x18\x01 \x03(\t\x12\x12\n\ncrl_number\x18\x02 \x01(\x04\x12\x16\n\x0ewas_registered\x18\x03 \x01(\x08\x32\x87\x01\n\x0bJoinService\x12:\n\x04Join\x12\x16.ipsecd.v1.JoinRequest\x1a\x1a.ipsecd.v1.NodeCredentials\x12<\n\x05Renew\x12\x17.ipsecd.v1.RenewRequest\x1a\x1a.ipsecd.v1.NodeCredentials2\xc4\x02\n\x10NodeAdminService\x12L\n\x0b\x43reateToken\x12\x1d.ipsecd.v1.CreateTokenRequest\x1a\x1e.ipsecd.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.ipsecd.v1.ListTokensRequest\x1a\x1d.ipsecd.v1.ListTokensResponse\x12L\n\x0b\x44\x65leteToken\x12\x1d.ipsecd.v1.DeleteTokenRequest\x1a\x1e.ipsecd.v1.DeleteTokenResponse\x12I\n\nRemoveNode\x12\x1c.ipsecd.v1.RemoveNodeRequest\x1a\x1d.ipsecd.v1.RemoveNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ipsecd/v1/join.proto\x12\tipsecd.v1\"P\n\x0bJoinRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x14\n\x0ctoken_secret\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0b\n\x03\x63sr\x18\x04 \x01(\x0c\"1\n\x0cRenewRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\x14\n\x0con_behalf_of\x18\x02 \x01(\t\"\x80\x01\n\x0fNodeCredentials\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\n\n\x02\x63\x61\x18\x02 \x01(\x0c\x12\x0b\n\x03\x63rl\x18\x03 \x01(\x0c\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x05 \x01(\x03\x12\x17\n\x0frevoked_serials\x18\x06 \x03(\t\"Z\n\x12\x43reateTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x01\x12\x0c\n\x04uses\x18\x02 \x01(\r\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xac\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x02 \x01(\x03\x12\x14\n\x0c\x65xpires_unix\x18\x03 \x01(\x03\x12\x0c\n\x04uses\x18\x04 \x01(\r\x12\x11\n\tuses_left\x18\x05 \x01(\r\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x0f\n\x07used_by\x18\t \x03(\t\"H\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.ipsecd.v1.TokenInfo\"\x13\n\x11ListTokensRequest\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.ipsecd.v1.TokenInfo\" \n\x12\x44\x65leteTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTokenResponse\"!\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"Y\n\x12RemoveNodeResponse\x12\x17\n\x0frevoked_serials\x18\x01 \x03(\t\x12\x12\n\ncrl_number\x18\x02 \x01(\x04\x12\x16\n\x0ewas_registered\x18\x03 \x01(\x08\x32\x87\x01\n\x0bJoinService\x12:\n\x04Join\x12\x16.ipsecd.v1.JoinRequest\x1a\x1a.ipsecd.v1.NodeCredentials\x12<\n\x05Renew\x12\x17.ipsecd.v1.RenewRequest\x1a\x1a.ipsecd.v1.NodeCredentials2\xc4\x02\n\x10NodeAdminService\x12L\n\x0b\x43reateToken\x12\x1d.ipsecd.v1.CreateTokenRequest\x1a\x1e.ipsecd.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.ipsecd.v1.ListTokensRequest\x1a\x1d.ipsecd.v1.ListTokensResponse\x12L\n\x0b\x44\x65leteToken\x12\x1d.ipsecd.v1.DeleteTokenRequest\x1a\x1e.ipsecd.v1.DeleteTokenResponse\x12I\n\nRemoveNode\x12\x1c.ipsecd.v1.RemoveNodeRequest\x1a\x1d.ipsecd.v1.RemoveNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREQUEST']._serialized_start=35
   _globals['_JOINREQUEST']._serialized_end=115
   _globals['_RENEWREQUEST']._serialized_start=117
-  _globals['_RENEWREQUEST']._serialized_end=144
-  _globals['_NODECREDENTIALS']._serialized_start=147
-  _globals['_NODECREDENTIALS']._serialized_end=275
-  _globals['_CREATETOKENREQUEST']._serialized_start=277
-  _globals['_CREATETOKENREQUEST']._serialized_end=367
-  _globals['_TOKENINFO']._serialized_start=370
-  _globals['_TOKENINFO']._serialized_end=542
-  _globals['_CREATETOKENRESPONSE']._serialized_start=544
-  _globals['_CREATETOKENRESPONSE']._serialized_end=616
-  _globals['_LISTTOKENSREQUEST']._serialized_start=618
-  _globals['_LISTTOKENSREQUEST']._serialized_end=637
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=639
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=697
-  _globals['_DELETETOKENREQUEST']._serialized_start=699
-  _globals['_DELETETOKENREQUEST']._serialized_end=731
-  _globals['_DELETETOKENRESPONSE']._serialized_start=733
-  _globals['_DELETETOKENRESPONSE']._serialized_end=754
-  _globals['_REMOVENODEREQUEST']._serialized_start=756
-  _globals['_REMOVENODEREQUEST']._serialized_end=789
-  _globals['_REMOVENODERESPONSE']._serialized_start=791
-  _globals['_REMOVENODERESPONSE']._serialized_end=880
-  _globals['_JOINSERVICE']._serialized_start=883
-  _globals['_JOINSERVICE']._serialized_end=1018
-  _globals['_NODEADMINSERVICE']._serialized_start=1021
-  _globals['_NODEADMINSERVICE']._serialized_end=1345
+  _globals['_RENEWREQUEST']._serialized_end=166
+  _globals['_NODECREDENTIALS']._serialized_start=169
+  _globals['_NODECREDENTIALS']._serialized_end=297
+  _globals['_CREATETOKENREQUEST']._serialized_start=299
+  _globals['_CREATETOKENREQUEST']._serialized_end=389
+  _globals['_TOKENINFO']._serialized_start=392
+  _globals['_TOKENINFO']._serialized_end=564
+  _globals['_CREATETOKENRESPONSE']._serialized_start=566
+  _globals['_CREATETOKENRESPONSE']._serialized_end=638
+  _globals['_LISTTOKENSREQUEST']._serialized_start=640
+  _globals['_LISTTOKENSREQUEST']._serialized_end=659
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=661
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=719
+  _globals['_DELETETOKENREQUEST']._serialized_start=721
+  _globals['_DELETETOKENREQUEST']._serialized_end=753
+  _globals['_DELETETOKENRESPONSE']._serialized_start=755
+  _globals['_DELETETOKENRESPONSE']._serialized_end=776
+  _globals['_REMOVENODEREQUEST']._serialized_start=778
+  _globals['_REMOVENODEREQUEST']._serialized_end=811
+  _globals['_REMOVENODERESPONSE']._serialized_start=813
+  _globals['_REMOVENODERESPONSE']._serialized_end=902
+  _globals['_JOINSERVICE']._serialized_start=905
+  _globals['_JOINSERVICE']._serialized_end=1040
+  _globals['_NODEADMINSERVICE']._serialized_start=1043
+  _globals['_NODEADMINSERVICE']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

@@ -19,10 +19,12 @@ class JoinRequest(_message.Message):
     def __init__(self, token_id: _Optional[str] = ..., token_secret: _Optional[str] = ..., node: _Optional[str] = ..., csr: _Optional[bytes] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
-    __slots__ = ("csr",)
+    __slots__ = ("csr", "on_behalf_of")
     CSR_FIELD_NUMBER: _ClassVar[int]
+    ON_BEHALF_OF_FIELD_NUMBER: _ClassVar[int]
     csr: bytes
-    def __init__(self, csr: _Optional[bytes] = ...) -> None: ...
+    on_behalf_of: str
+    def __init__(self, csr: _Optional[bytes] = ..., on_behalf_of: _Optional[str] = ...) -> None: ...
 
 class NodeCredentials(_message.Message):
     __slots__ = ("certificate", "ca", "crl", "serial", "not_after_unix", "revoked_serials")

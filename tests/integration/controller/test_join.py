@@ -168,6 +168,9 @@ async def test_join_is_the_only_rpc_callable_without_a_certificate(
     ctl: Ctl, etcd_session: EtcdProcess
 ) -> None:
     async with controller(ctl, etcd_session) as c:
+        # the state directory's CRL reaches etcd by itself soon after the start: let it
+        # land before the snapshots that must not change
+        await wait_until(lambda: c.hub.crl_number > 0, 20, "the CRL published")
         token = await create_token(ctl, c, uses=1)
         no_cert = grpc.ssl_channel_credentials(ctl.ca_pem)
         extra = {
@@ -408,6 +411,49 @@ async def test_renewal_over_the_stream_for_its_own_name_only(
                     join_pb2.RenewRequest(csr=b"x"), timeout=RPC_TIMEOUT
                 )
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@run_async(150)
+async def test_renewal_at_a_replica_without_the_ca_key_is_forwarded_to_the_signer(
+    ctl: Ctl, etcd_session: EtcdProcess, tmp_path: Path
+) -> None:
+    """Only one replica holds pki/ca.key (the Helm chart's signer); a node streaming
+    to another replica still renews: that replica forwards the renewal, with its own
+    certificate (role controller), to the replica whose record says it signs."""
+    import shutil
+
+    plain = tmp_path / "no-ca-key"
+    shutil.copytree(ctl.root, plain)
+    (plain / "pki" / "ca.key").unlink()
+    prefix = unique_prefix()
+    other = dataclasses.replace(ctl, root=plain)
+    async with (
+        controller(ctl, etcd_session, prefix, replica_id="r1") as signer,
+        controller(other, etcd_session, prefix, replica_id="r2") as c2,
+    ):
+        assert signer.identities.can_sign and not c2.identities.can_sign
+        await wait_until(
+            lambda: bool(c2.view.replicas.get("r1", {}).get("signer")), 20, "r1 known as signer"
+        )
+        files = JoinedFiles(tmp_path / "a")
+        old = await join_as(signer, "a", await create_token(ctl, signer), files.state_dir)
+        s = Streamer("a", files).start(c2)
+        try:
+            await wait_until(lambda: bool(s.connected), 20, "a's stream to r2")
+            assert s.stream is not None and s.stream.channel is not None
+            new = await renew(s.stream.channel, "a", A_ADDRS, files)
+            assert new.serial_number != old.serial_number
+            # issued by the signer: in its index, not in r2's copy
+            assert new.serial_number in {r.serial for r in list_records(ctl.root)}
+            assert new.serial_number not in {r.serial for r in list_records(plain)}
+            # a node may not ask for another node's renewal through the forwarding field
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await join_pb2_grpc.JoinServiceStub(s.stream.channel).Renew(
+                    join_pb2.RenewRequest(csr=b"x", on_behalf_of="b"), timeout=RPC_TIMEOUT
+                )
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        finally:
+            await s.stop()
 
 
 @run_async(150)
