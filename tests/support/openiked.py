@@ -721,11 +721,13 @@ class Iked:
         # The parent parses the file, then hands the policies to the ikev2 process;
         # until that one logs "compilation done" it ignores IKE_SA_INIT requests for
         # them (seen in the lab: charon's retransmissions, ~5 s, went unanswered).
-        deadline = time.monotonic() + 60
+        # 180 s: under TCG on a loaded 2-core host the ca process's key exchange with the
+        # ikev2 process once took over 60 s (a full lab run of 21 minutes)
+        deadline = time.monotonic() + 180
         while "config_getcompile: compilation done" not in self._log_since(mark):
             if time.monotonic() > deadline:
                 raise IkedError(
-                    f"iked did not finish loading {self.conf_path} within 60 s; "
+                    f"iked did not finish loading {self.conf_path} within 180 s; "
                     f"log tail:\n{self.log_tail()}"
                 )
             time.sleep(0.1)
