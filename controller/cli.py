@@ -39,6 +39,7 @@ from controller.cli_convert import register as _register_convert
 from controller.cli_nodes import register as _register_nodes
 from controller.cli_remote import register as _register_remote
 from controller.cli_rollout import register as _register_rollout
+from controller.cli_rollout_remote import register as _register_rollout_remote
 from ipsecd.spd import (
     Diagnostic,
     SpdError,
@@ -80,6 +81,7 @@ REGISTRARS: list[Registrar] = [
     _register_convert,
     _register_nodes,
     _register_rollout,
+    _register_rollout_remote,
 ]
 
 
