@@ -85,6 +85,7 @@ EXIT = {
     "store-unavailable": 6,
     "permission-denied": 7,
     "error": 8,
+    "rollout-failed": 9,
 }
 
 

@@ -29,7 +29,7 @@ __all__ = ["EXIT_INCOMPATIBLE", "EXIT_ROLLOUT_FAILED", "add_push_options", "push
 #: ``push --rollout`` refused by the compatibility check (as ``check-rollout``).
 EXIT_INCOMPATIBLE = 3
 #: ``--wait``: the rollout ended failed, aborted, rolled back, cancelled or superseded.
-EXIT_ROLLOUT_FAILED = 9
+EXIT_ROLLOUT_FAILED = cli_remote.EXIT["rollout-failed"]
 
 POLL = 1.0
 
