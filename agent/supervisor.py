@@ -21,7 +21,14 @@ the negotiated CHILD SAs to the kernel writer and keeps one IKE SA per connectio
   SA on both sides.  Kernel EXPIREs rekey (soft) or end (hard) the SA; MAPPING moves
   the peer (NAT rebinding).
 * **Reload** (ipsecd(8)): a connection whose content changed has its SAs deleted and
-  renegotiated; the others keep theirs until their lifetimes end.
+  renegotiated; the others keep theirs until their lifetimes end.  Make-before-break:
+  the changed connection's established SAs are kept (``retiring``) while this side
+  negotiates the new one itself (whichever end usually initiates), and deleted once
+  the new CHILD SA is in the kernel, so traffic keeps flowing through a policy change,
+  a rolling one too (docs/architecture.md "Rollouts").  If the new one never comes up
+  the old SAs carry on until their lifetimes end (the rollout gate sees the
+  connection as not established); a connection that cannot run any more, or only
+  answers (``passive``), has its SAs deleted at once.
 """
 
 from __future__ import annotations
@@ -81,6 +88,8 @@ class Conn:
     established_at: float | None = None
     children: dict[int, ChildSaEstablished] = field(default_factory=dict, repr=False)
     rekeys: int = 0
+    #: IKE SAs of the connection's previous content, kept until the new one is up.
+    retiring: list[IkeSa] = field(default_factory=list, repr=False)
 
     @property
     def name(self) -> str:
@@ -178,8 +187,26 @@ class Supervisor:
                 old.ike, old.config, old.problem = conn.ike, conn.config, conn.problem
                 continue
             summary["changed"].append(name)
-            # ipsecd(8) reload: the SAs of a modified connection are deleted
-            self._close(old, now, "the connection changed")
+            # ipsecd(8) reload: the SAs of a modified connection are deleted -- once the
+            # renegotiated one is up (make-before-break, see the module doc)
+            keep = [
+                sa
+                for sa in (*old.retiring, *old.sas)
+                if sa.state == IkeState.ESTABLISHED and sa.children
+            ]
+            if keep and conn.config is not None and conn.ike.start != "passive":
+                conn.retiring = keep
+                for sa in old.sas:
+                    if sa not in keep and sa.state not in (IkeState.DELETED, IkeState.FAILED):
+                        sa.delete(now)
+                self._startup.add(name)  # this side renegotiates now
+                log.info(
+                    "%s: changed: negotiating the new SAs before deleting %d old IKE SA(s)",
+                    name,
+                    len(keep),
+                )
+            else:
+                self._close(old, now, "the connection changed")
             conn.next_attempt = now
             self.conns[name] = conn
         self._first_update = False
@@ -188,11 +215,21 @@ class Supervisor:
         return summary
 
     def _close(self, conn: Conn, now: float, why: str) -> None:
-        for sa in conn.sas:
+        for sa in (*conn.sas, *conn.retiring):
             if sa.state not in (IkeState.DELETED, IkeState.FAILED):
                 log.info("%s: deleting %s: %s", conn.name, sa.name, why)
                 sa.delete(now)
         conn.sas.clear()
+        conn.retiring.clear()
+        self.driver.nudge()
+
+    def _retire(self, conn: Conn, now: float) -> None:
+        """The renegotiated connection is up: delete the SAs of its old content."""
+        for sa in conn.retiring:
+            if sa.state not in (IkeState.DELETED, IkeState.FAILED):
+                log.info("%s: new SAs up: deleting the old %s", conn.name, sa.name)
+                sa.delete(now)
+        conn.retiring.clear()
         self.driver.nudge()
 
     # ------------------------------------------------------------------ initiation
@@ -285,7 +322,9 @@ class Supervisor:
             self._ike_up(sa, conn, ev, now)
         elif isinstance(ev, IkeSaRekeyed):
             self.counters["ike_rekeyed"] += 1
-            if conn is not None:
+            if conn is not None and any(s.spi_i == ev.old_spi_i for s in conn.retiring):
+                conn.retiring = [s for s in conn.retiring if s.spi_i != ev.old_spi_i] + [sa]
+            elif conn is not None:
                 conn.sas = [s for s in conn.sas if s.spi_i != ev.old_spi_i] + [sa]
         elif isinstance(ev, (IkeSaDeleted, IkeSaFailed)):
             self._ike_down(sa, conn, ev, now)
@@ -316,7 +355,11 @@ class Supervisor:
         self.counters["child_established"] += 1
         if ev.rekey_of is not None:
             self.counters["child_rekeyed"] += 1
+        if sa in conn.retiring:  # a rekey of an old SA: in the kernel, not the status
+            return
         conn.children[ev.inbound_spi] = ev
+        if conn.retiring:
+            self._retire(conn, self.clock())
         log.info(
             "%s: CHILD SA %08x/%08x installed (%s%s)",
             conn.name,
@@ -384,6 +427,9 @@ class Supervisor:
     ) -> None:
         if isinstance(ev, IkeSaFailed):
             self.counters["ike_failed"] += 1
+        if conn is not None and sa in conn.retiring:
+            conn.retiring.remove(sa)
+            return
         if conn is None or sa not in conn.sas:
             return
         conn.sas.remove(sa)
