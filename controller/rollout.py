@@ -466,6 +466,8 @@ class RolloutDriver:
                 _log.warning("rollout: %s; trying again", exc)
             except ControllerError as exc:
                 _log.error("rollout: %s", exc)
+            except Exception:  # a bug must not stop the driver: logged, tried again
+                _log.exception("rollout: unexpected error; trying again")
 
     async def step(self) -> None:
         """One look at the active rollout: move it on if something changed."""
