@@ -288,7 +288,7 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=cli_remote.runner(_status))
     for name, method, text in (
         ("pause", "Pause", "start no new batch (the batch in its gate finishes)"),
-        ("resume", "Resume", "carry on with the next batch"),
+        ("resume", "Resume", "carry on (a pause between batches starts again)"),
         ("abort", "Abort", "stop; every node that moved returns to the previous revision"),
         ("rollback", "Rollback", "in progress: as abort; after success: roll the previous "
                                  "revision out again, batch by batch"),

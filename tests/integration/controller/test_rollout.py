@@ -245,3 +245,55 @@ async def test_leader_failover_mid_rollout_resumes(
         if not stopped:
             await stop_controller(c1)
         await stop_controller(c2)
+
+
+@run_async(240)
+async def test_pause_resume_abort_and_plain_push_refused(
+    etcd_session: EtcdProcess, tmp_path: Path
+) -> None:
+    c = await start_controller(etcd_session, "r1", unique_prefix(), **FAST_ROLLOUT)
+    arrivals = Arrivals()
+    agents = agents_for([address(c)], 6, arrivals)
+    try:
+        await wait_until(lambda: all(len(a.nodes) == 6 for a in agents), 60, "directory")
+        one = mesh("aes256gcm16", "one")
+        assert (await c.repo.push(one, filename="m.spd")).accepted
+        await wait_until(lambda: healthy_on(agents, 1, 5), 60, "revision 1 everywhere")
+        new = write(tmp_path, "two.spd", mesh("aes128gcm16, aes256gcm16", "two"))
+        res = await ipsecctl(
+            "push", str(new), "--rollout", "--batch", "2", "--pause", "1h",
+            controller=address(c),
+        )  # fmt: skip
+        assert res.code == 0 and "rollout 1 started: revision 1 -> 2" in res.out, res.err
+        await wait_until(
+            lambda: c.rollouts.rollout is not None and c.rollouts.rollout.next_batch_ms > 0,
+            60,
+            "the first batch to pass (then the pause)",
+        )
+        # while it runs: no plain push, no second rollout
+        res = await ipsecctl("push", str(new), controller=address(c))
+        assert res.code == 3 and "rollout 1" in res.err and "rollout abort" in res.err
+        res = await ipsecctl("push", str(new), "--rollout", controller=address(c))
+        assert res.code == 3 and "is running" in res.err
+        res = await ipsecctl("rollout", "pause", controller=address(c))
+        assert res.code == 0 and "paused" in res.out
+        res = await ipsecctl("rollout", "pause", controller=address(c))
+        assert res.code == 8 and "only a running rollout can be paused" in res.err
+        res = await ipsecctl("rollout", "resume", controller=address(c))
+        assert res.code == 0 and "running" in res.out
+        res = await ipsecctl("rollout", "abort", "--wait", controller=address(c), timeout=60)
+        assert res.code == 9, res.out + res.err
+        status = json.loads(
+            (await ipsecctl("rollout", "status", "-o", "json", controller=address(c))).out
+        )
+        assert status["state"] == "aborted" and "aborted by" in status["reason"]
+        moved = ["node-00", "node-01"]
+        states = {n["name"]: n["state"] for n in status["nodes"]}
+        assert {states[n] for n in moved} == {"rolled-back"}
+        assert {states[n] for n in states if n not in moved} == {"waiting"}
+        await wait_until(lambda: all(a.last == 3 for a in agents), 30, "revision 3 everywhere")
+        assert [a.name for a in agents if 2 in a.received] == moved
+        assert all(a.texts[3] == one for a in agents)
+    finally:
+        await asyncio.gather(*(a.stop() for a in agents))
+        await stop_controller(c)
