@@ -816,6 +816,7 @@ class Daemon:
     async def _ticker(self) -> None:
         while True:
             self.supervisor.tick()
+            await self.supervisor.settle()
             await self.writer.expire_adopted()
             await self._report_health()
             await asyncio.sleep(0.5)

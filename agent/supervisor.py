@@ -28,7 +28,11 @@ the negotiated CHILD SAs to the kernel writer and keeps one IKE SA per connectio
   a rolling one too (docs/architecture.md "Rollouts").  If the new one never comes up
   the old SAs carry on until their lifetimes end (the rollout gate sees the
   connection as not established); a connection that cannot run any more, or only
-  answers (``passive``), has its SAs deleted at once.
+  answers (``passive``), has its SAs deleted at once.  The responder of such a
+  renegotiation already has CHILD SAs for the connection: it installs the new one's
+  outbound half only once the old ones go (the initiator deletes them as soon as it
+  has installed the new one), at most :data:`DEFER_OUTBOUND` seconds later, so it
+  never sends on an SA the initiator has not installed yet.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ipsecd import spd, xfrm
 from ipsecd.ike import IkeConfig, IkeSa
@@ -69,6 +73,9 @@ BACKOFF_MAX = 60.0
 #: Two IKE SAs of one connection established within this many seconds of each other
 #: are a simultaneous initiation, resolved by the address rule.
 SIMULTANEOUS = 30.0
+#: A responder's new CHILD SA beside the connection's existing ones sends only once
+#: those go, or after this many seconds (see the module doc, "Reload").
+DEFER_OUTBOUND = 2.0
 
 
 @dataclass
@@ -90,6 +97,8 @@ class Conn:
     rekeys: int = 0
     #: IKE SAs of the connection's previous content, kept until the new one is up.
     retiring: list[IkeSa] = field(default_factory=list, repr=False)
+    #: inbound SPI -> since when: new CHILD SAs whose outbound half waits (responder)
+    deferred: dict[int, float] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -223,6 +232,19 @@ class Supervisor:
         conn.retiring.clear()
         self.driver.nudge()
 
+    async def _activate_deferred(self, conn: Conn) -> None:
+        for spi in list(conn.deferred):
+            await self.writer.activate_outbound(spi)
+        conn.deferred.clear()
+
+    async def settle(self) -> None:
+        """Send on deferred CHILD SAs whose old ones outlived :data:`DEFER_OUTBOUND`
+        (called with :meth:`tick`)."""
+        now = self.clock()
+        for conn in self.conns.values():
+            if conn.deferred and min(conn.deferred.values()) + DEFER_OUTBOUND <= now:
+                await self._activate_deferred(conn)
+
     def _retire(self, conn: Conn, now: float) -> None:
         """The renegotiated connection is up: delete the SAs of its old content."""
         for sa in conn.retiring:
@@ -313,8 +335,11 @@ class Supervisor:
         elif isinstance(ev, ChildSaOutboundActivated):
             await self.writer.activate_outbound(ev.inbound_spi)
         elif isinstance(ev, ChildSaDeleted):
+            if conn is not None and conn.deferred and ev.inbound_spi not in conn.deferred:
+                await self._activate_deferred(conn)  # the new one sends before the old goes
             await self.writer.remove_child(ev.inbound_spi)
             if conn is not None:
+                conn.deferred.pop(ev.inbound_spi, None)
                 conn.children.pop(ev.inbound_spi, None)
                 if ev.replaced:
                     conn.rekeys += 1
@@ -343,8 +368,17 @@ class Supervisor:
             )
             self.driver.nudge()
             return
+        mine = {child.inbound_spi for child in sa.children}
+        defer = (  # a responder beside the connection's SAs of another IKE SA
+            ev.outbound_active
+            and ev.rekey_of is None
+            and not sa.initiator
+            and any(spi not in conn.deferred and spi not in mine for spi in conn.children)
+        )
         try:
-            await self.writer.install_child(ev, conn.reqid, self.defaults)
+            await self.writer.install_child(
+                replace(ev, outbound_active=False) if defer else ev, conn.reqid, self.defaults
+            )
         except (xfrm.XfrmError, ValueError) as exc:
             self.counters["install_failed"] += 1
             conn.last_error = f"kernel refused the CHILD SA: {exc}"
@@ -357,6 +391,8 @@ class Supervisor:
             self.counters["child_rekeyed"] += 1
         if sa in conn.retiring:  # a rekey of an old SA: in the kernel, not the status
             return
+        if defer:
+            conn.deferred[ev.inbound_spi] = self.clock()
         conn.children[ev.inbound_spi] = ev
         if conn.retiring:
             self._retire(conn, self.clock())
