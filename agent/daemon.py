@@ -215,6 +215,11 @@ class Daemon:
         self._recheck = asyncio.Event()
         self.renewals = 0  # certificates renewed by this agent
         self.crl_number = 0  # the newest CRL the controller sent
+        # the rollout health gate (revision_health): error counters when the policy in
+        # force was applied, the newest revision refused, the last health sent
+        self._errors_at_apply = 0
+        self.refused: tuple[int, str] | None = None
+        self._health_sent: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ run
     async def run(self) -> int:
@@ -483,6 +488,9 @@ class Daemon:
         self.applied = Applied(
             source, text, policy.digest(), revision, sha256, summary, time.time()
         )
+        self._errors_at_apply = self.error_total()
+        if self.refused is not None and self.refused[0] <= revision:
+            self.refused = None
         log.info(
             "policy %s applied: %s",
             source,
@@ -751,6 +759,7 @@ class Daemon:
         async def on_event(ev: StreamEvent) -> None:
             if isinstance(ev, StreamConnected):
                 self.controller_revision = ev.current_revision
+                self._health_sent = None  # the new stream hears our health at once
             elif isinstance(ev, DirectoryReceived):
                 self.directory = [
                     NodeInfo(n.name, tuple(_ip(a) for a in n.addresses), dict(n.labels))
@@ -776,6 +785,7 @@ class Daemon:
                     )
                 except ApplyError as exc:
                     log.error("revision %d not applied: %s", ev.revision, exc)
+                    self.refused = (ev.revision, str(exc)[:500])
                     await stream.ack(ev.revision, ok=False, error=str(exc)[:2000])
                     return
                 self._save_last_applied()
@@ -806,8 +816,57 @@ class Daemon:
     async def _ticker(self) -> None:
         while True:
             self.supervisor.tick()
+            await self.supervisor.settle()
             await self.writer.expire_adopted()
+            await self._report_health()
             await asyncio.sleep(0.5)
+
+    async def _report_health(self) -> None:
+        """Cluster mode: a status report whenever the revision's health changes (the
+        controller's rollout gate waits on it: docs/operations.md "Rolling out a
+        policy"), besides the periodic ones."""
+        stream = self.stream
+        if stream is None or not stream.connected:
+            return
+        health = self.revision_health()
+        key = (
+            health.revision,
+            health.refused,
+            health.expected,
+            health.established,
+            health.errors,
+            tuple(health.pending),
+        )
+        if key != self._health_sent and await stream.report(self.node_status()):
+            self._health_sent = key
+
+    def error_total(self) -> int:
+        """The error counters the rollout gate watches, summed: failed IKE and CHILD
+        negotiations, CHILD SAs the kernel refused, kernel errors of the writer."""
+        c = self.supervisor.counters
+        return c["ike_failed"] + c["child_failed"] + c["install_failed"] + self.writer.errors
+
+    def revision_health(self) -> types_pb2.RevisionHealth:
+        """The applied revision's health for the rollout gate: every connection that
+        starts eagerly (either end initiating) must be up with its CHILD SAs."""
+        expected = [c for c in self.supervisor.conns.values() if c.ike.start == "eager"]
+        up = [c for c in expected if c.state == "up"]
+        pending = [
+            f"{c.name} ({c.ike.peer}): {c.state}"
+            + (f": {c.problem or c.last_error}" if (c.problem or c.last_error) else "")
+            for c in sorted(expected, key=lambda c: c.name)
+            if c.state != "up"
+        ][:16]
+        refused, why = self.refused or (0, "")
+        return types_pb2.RevisionHealth(
+            revision=self.applied.revision if self.applied is not None else 0,
+            refused=refused,
+            refused_error=why,
+            expected=len(expected),
+            established=len(up),
+            pending=pending,
+            errors=max(0, self.error_total() - self._errors_at_apply),
+        )
 
     async def _kernel_events(self) -> None:
         """ACQUIRE (on-demand connections), EXPIRE (rekey / end), MAPPING (NAT)."""
@@ -912,6 +971,7 @@ class Daemon:
             child_sas=st["child_sas"],
             detail=json.dumps(st, sort_keys=True),
             reported_unix_ms=int(time.time() * 1000),
+            revision_health=self.revision_health(),
         )
         return node_status
 

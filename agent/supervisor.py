@@ -21,7 +21,18 @@ the negotiated CHILD SAs to the kernel writer and keeps one IKE SA per connectio
   SA on both sides.  Kernel EXPIREs rekey (soft) or end (hard) the SA; MAPPING moves
   the peer (NAT rebinding).
 * **Reload** (ipsecd(8)): a connection whose content changed has its SAs deleted and
-  renegotiated; the others keep theirs until their lifetimes end.
+  renegotiated; the others keep theirs until their lifetimes end.  Make-before-break:
+  the changed connection's established SAs are kept (``retiring``) while this side
+  negotiates the new one itself (whichever end usually initiates), and deleted once
+  the new CHILD SA is in the kernel, so traffic keeps flowing through a policy change,
+  a rolling one too (docs/architecture.md "Rollouts").  If the new one never comes up
+  the old SAs carry on until their lifetimes end (the rollout gate sees the
+  connection as not established); a connection that cannot run any more, or only
+  answers (``passive``), has its SAs deleted at once.  The responder of such a
+  renegotiation already has CHILD SAs for the connection: it installs the new one's
+  outbound half only once the old ones go (the initiator deletes them as soon as it
+  has installed the new one), at most :data:`DEFER_OUTBOUND` seconds later, so it
+  never sends on an SA the initiator has not installed yet.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ipsecd import spd, xfrm
 from ipsecd.ike import IkeConfig, IkeSa
@@ -62,6 +73,9 @@ BACKOFF_MAX = 60.0
 #: Two IKE SAs of one connection established within this many seconds of each other
 #: are a simultaneous initiation, resolved by the address rule.
 SIMULTANEOUS = 30.0
+#: A responder's new CHILD SA beside the connection's existing ones sends only once
+#: those go, or after this many seconds (see the module doc, "Reload").
+DEFER_OUTBOUND = 2.0
 
 
 @dataclass
@@ -81,6 +95,10 @@ class Conn:
     established_at: float | None = None
     children: dict[int, ChildSaEstablished] = field(default_factory=dict, repr=False)
     rekeys: int = 0
+    #: IKE SAs of the connection's previous content, kept until the new one is up.
+    retiring: list[IkeSa] = field(default_factory=list, repr=False)
+    #: inbound SPI -> since when: new CHILD SAs whose outbound half waits (responder)
+    deferred: dict[int, float] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -178,8 +196,26 @@ class Supervisor:
                 old.ike, old.config, old.problem = conn.ike, conn.config, conn.problem
                 continue
             summary["changed"].append(name)
-            # ipsecd(8) reload: the SAs of a modified connection are deleted
-            self._close(old, now, "the connection changed")
+            # ipsecd(8) reload: the SAs of a modified connection are deleted -- once the
+            # renegotiated one is up (make-before-break, see the module doc)
+            keep = [
+                sa
+                for sa in (*old.retiring, *old.sas)
+                if sa.state == IkeState.ESTABLISHED and sa.children
+            ]
+            if keep and conn.config is not None and conn.ike.start != "passive":
+                conn.retiring = keep
+                for sa in old.sas:
+                    if sa not in keep and sa.state not in (IkeState.DELETED, IkeState.FAILED):
+                        sa.delete(now)
+                self._startup.add(name)  # this side renegotiates now
+                log.info(
+                    "%s: changed: negotiating the new SAs before deleting %d old IKE SA(s)",
+                    name,
+                    len(keep),
+                )
+            else:
+                self._close(old, now, "the connection changed")
             conn.next_attempt = now
             self.conns[name] = conn
         self._first_update = False
@@ -188,11 +224,34 @@ class Supervisor:
         return summary
 
     def _close(self, conn: Conn, now: float, why: str) -> None:
-        for sa in conn.sas:
+        for sa in (*conn.sas, *conn.retiring):
             if sa.state not in (IkeState.DELETED, IkeState.FAILED):
                 log.info("%s: deleting %s: %s", conn.name, sa.name, why)
                 sa.delete(now)
         conn.sas.clear()
+        conn.retiring.clear()
+        self.driver.nudge()
+
+    async def _activate_deferred(self, conn: Conn) -> None:
+        for spi in list(conn.deferred):
+            await self.writer.activate_outbound(spi)
+        conn.deferred.clear()
+
+    async def settle(self) -> None:
+        """Send on deferred CHILD SAs whose old ones outlived :data:`DEFER_OUTBOUND`
+        (called with :meth:`tick`)."""
+        now = self.clock()
+        for conn in self.conns.values():
+            if conn.deferred and min(conn.deferred.values()) + DEFER_OUTBOUND <= now:
+                await self._activate_deferred(conn)
+
+    def _retire(self, conn: Conn, now: float) -> None:
+        """The renegotiated connection is up: delete the SAs of its old content."""
+        for sa in conn.retiring:
+            if sa.state not in (IkeState.DELETED, IkeState.FAILED):
+                log.info("%s: new SAs up: deleting the old %s", conn.name, sa.name)
+                sa.delete(now)
+        conn.retiring.clear()
         self.driver.nudge()
 
     # ------------------------------------------------------------------ initiation
@@ -276,8 +335,11 @@ class Supervisor:
         elif isinstance(ev, ChildSaOutboundActivated):
             await self.writer.activate_outbound(ev.inbound_spi)
         elif isinstance(ev, ChildSaDeleted):
+            if conn is not None and conn.deferred and ev.inbound_spi not in conn.deferred:
+                await self._activate_deferred(conn)  # the new one sends before the old goes
             await self.writer.remove_child(ev.inbound_spi)
             if conn is not None:
+                conn.deferred.pop(ev.inbound_spi, None)
                 conn.children.pop(ev.inbound_spi, None)
                 if ev.replaced:
                     conn.rekeys += 1
@@ -285,7 +347,9 @@ class Supervisor:
             self._ike_up(sa, conn, ev, now)
         elif isinstance(ev, IkeSaRekeyed):
             self.counters["ike_rekeyed"] += 1
-            if conn is not None:
+            if conn is not None and any(s.spi_i == ev.old_spi_i for s in conn.retiring):
+                conn.retiring = [s for s in conn.retiring if s.spi_i != ev.old_spi_i] + [sa]
+            elif conn is not None:
                 conn.sas = [s for s in conn.sas if s.spi_i != ev.old_spi_i] + [sa]
         elif isinstance(ev, (IkeSaDeleted, IkeSaFailed)):
             self._ike_down(sa, conn, ev, now)
@@ -304,8 +368,17 @@ class Supervisor:
             )
             self.driver.nudge()
             return
+        mine = {child.inbound_spi for child in sa.children}
+        defer = (  # a responder beside the connection's SAs of another IKE SA
+            ev.outbound_active
+            and ev.rekey_of is None
+            and not sa.initiator
+            and any(spi not in conn.deferred and spi not in mine for spi in conn.children)
+        )
         try:
-            await self.writer.install_child(ev, conn.reqid, self.defaults)
+            await self.writer.install_child(
+                replace(ev, outbound_active=False) if defer else ev, conn.reqid, self.defaults
+            )
         except (xfrm.XfrmError, ValueError) as exc:
             self.counters["install_failed"] += 1
             conn.last_error = f"kernel refused the CHILD SA: {exc}"
@@ -316,7 +389,13 @@ class Supervisor:
         self.counters["child_established"] += 1
         if ev.rekey_of is not None:
             self.counters["child_rekeyed"] += 1
+        if sa in conn.retiring:  # a rekey of an old SA: in the kernel, not the status
+            return
+        if defer:
+            conn.deferred[ev.inbound_spi] = self.clock()
         conn.children[ev.inbound_spi] = ev
+        if conn.retiring:
+            self._retire(conn, self.clock())
         log.info(
             "%s: CHILD SA %08x/%08x installed (%s%s)",
             conn.name,
@@ -384,6 +463,9 @@ class Supervisor:
     ) -> None:
         if isinstance(ev, IkeSaFailed):
             self.counters["ike_failed"] += 1
+        if conn is not None and sa in conn.retiring:
+            conn.retiring.remove(sa)
+            return
         if conn is None or sa not in conn.sas:
             return
         conn.sas.remove(sa)

@@ -93,6 +93,13 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = MappingProxyType(
         "/ipsecd.v1.NodeAdminService/ListTokens": ADMIN_ONLY,
         "/ipsecd.v1.NodeAdminService/DeleteToken": ADMIN_ONLY,
         "/ipsecd.v1.NodeAdminService/RemoveNode": ADMIN_ONLY,
+        # rolling reloads (controller/rollout_service.py): admin steers, viewers watch
+        "/ipsecd.v1.RolloutService/Start": ADMIN_ONLY,
+        "/ipsecd.v1.RolloutService/Status": READERS,
+        "/ipsecd.v1.RolloutService/Pause": ADMIN_ONLY,
+        "/ipsecd.v1.RolloutService/Resume": ADMIN_ONLY,
+        "/ipsecd.v1.RolloutService/Abort": ADMIN_ONLY,
+        "/ipsecd.v1.RolloutService/Rollback": ADMIN_ONLY,
     }
 )
 

@@ -40,6 +40,7 @@ from controller.cli_help import register as _register_completion
 from controller.cli_nodes import register as _register_nodes
 from controller.cli_remote import register as _register_remote
 from controller.cli_rollout import register as _register_rollout
+from controller.cli_rollout_remote import register as _register_rollout_remote
 from controller.cliout import emit, structured
 from ipsecd.spd import (
     Diagnostic,
@@ -83,6 +84,7 @@ REGISTRARS: list[Registrar] = [
     _register_nodes,
     _register_rollout,
     _register_completion,
+    _register_rollout_remote,
 ]
 
 

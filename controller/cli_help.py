@@ -22,6 +22,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "push": (
         'ipsecctl push cluster.spd -m "open 5432 for db"',
         "ipsecctl push cluster.spd --base-revision 7",
+        "ipsecctl push cluster.spd --rollout --canary node-a --batch 25% --wait",
     ),
     "get": ("ipsecctl get --revision 5 -o yaml",),
     "history": ("ipsecctl history --limit 20 -o wide",),
@@ -47,6 +48,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "node": ("ipsecctl node remove node-17",),
     "node remove": ("ipsecctl node remove node-17",),
     "check-rollout": ("ipsecctl check-rollout old.spd new.spd --nodes cluster.nodes",),
+    "rollout": ("ipsecctl push new.spd --rollout --canary 2 --batch 10% --wait",),
+    "rollout status": ("ipsecctl rollout status", "ipsecctl rollout status --wait -o json"),
+    "rollout pause": ("ipsecctl rollout pause",),
+    "rollout resume": ("ipsecctl rollout resume",),
+    "rollout abort": ("ipsecctl rollout abort   # the moved nodes go back",),
+    "rollout rollback": ("ipsecctl rollout rollback --wait",),
     "completion": (
         "ipsecctl completion bash > /etc/bash_completion.d/ipsecctl",
         'source <(ipsecctl completion zsh)   # in ~/.zshrc, after "compinit"',

@@ -24,6 +24,9 @@ Exit codes (stable, for scripts):
 7     permission denied or not authenticated (a role that may not do this, a
       certificate refused or not trusted, --show-secrets without the admin role)
 8     any other error
+9     ``--wait`` on a rollout: it ended failed, aborted, rolled back, cancelled or
+      superseded (controller/cli_rollout_remote.py); ``push --rollout`` refused by
+      the compatibility check exits 3, as ``check-rollout`` does
 ====  =============================================================
 
 A config that cannot be used (missing, readable by others, broken, expired) is a usage
@@ -83,6 +86,7 @@ EXIT = {
     "store-unavailable": 6,
     "permission-denied": 7,
     "error": 8,
+    "rollout-failed": 9,
 }
 
 
@@ -300,11 +304,22 @@ async def _push(args: argparse.Namespace, ch: grpc.aio.Channel) -> int:
     size = len(text.encode())
     if size > POLICY_BYTES_CEILING:  # a file that grew after stat()
         raise CliError(_too_large(path, size), "invalid")
-    req = policy_pb2.PushRequest(
-        text=text, filename=str(path), comment=args.comment or "", author=_author(), file_mode=mode
-    )
+    fields: dict[str, Any] = {
+        "text": text,
+        "filename": str(path),
+        "comment": args.comment or "",
+        "author": _author(),
+        "file_mode": mode,
+    }
     if args.base_revision is not None:
-        req.base_revision = args.base_revision
+        fields["base_revision"] = args.base_revision
+    if args.rollout:  # batch by batch, health-gated (controller/cli_rollout_remote.py)
+        from controller import cli_rollout_remote
+
+        return await cli_rollout_remote.push(args, ch, fields)
+    if args.wait or args.force:
+        raise CliError("--wait and --force go with --rollout", "usage")
+    req = policy_pb2.PushRequest(**fields)
     resp = await policy_pb2_grpc.PolicyServiceStub(ch).Push(req, timeout=RPC_TIMEOUT)
     return _report_push(args, resp, "pushed")
 
@@ -567,6 +582,9 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="fail with a conflict unless revision N is still current",
     )
+    from controller.cli_rollout_remote import add_push_options
+
+    add_push_options(p)
 
     p = add("get", _get, "print a policy revision (secrets redacted)")
     p.add_argument("--revision", "-r", type=int, metavar="N", help="default: current")

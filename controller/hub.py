@@ -262,9 +262,13 @@ class Hub:
         self.crl_number = 0
         self.crl_bytes: bytes | None = None  # the newest CRL as a ControllerMessage
         self._snapshot_cache: dict[tuple[int, int, bool], bytes] = {}
+        # a rollout in progress: (from, to, nodes held on from) and from's bytes
+        self.pins: tuple[int, int, frozenset[str]] | None = None
+        self.held: Published | None = None
 
     def publish(self, rev: Revision) -> bool:
-        """Make ``rev`` the newest; False when it is not newer than what we have."""
+        """Make ``rev`` the newest; False when it is not newer than what we have.
+        Streams of nodes a rollout holds back get nothing (controller/rollout.py)."""
         if self.latest is not None and rev.revision <= self.latest.revision:
             return False
         msg = policy_message(rev)
@@ -272,11 +276,79 @@ class Hub:
             update=agent_pb2.PolicyUpdate(policy=msg)
         ).SerializeToString()
         self.serializations += 1
+        previous = self.latest
+        if previous is not None and self.pins is not None and previous.revision == self.pins[0]:
+            self.held = previous  # the revision pinned nodes stay on
         self.latest = Published(rev.revision, rev.sha256, msg, data)
         self._snapshot_cache.clear()
         for stream in self.streams.values():
-            stream.offer_policy(rev.revision, data)
+            self._offer_target(stream)
         return True
+
+    # -- rollouts: per-node target revisions ----------------------------------------
+    def set_pins(self, pins: tuple[int, int, frozenset[str]] | None) -> None:
+        """``(from, to, nodes)``: while ``to`` is the newest revision, ``nodes`` are
+        offered ``from`` (once its bytes are here: :meth:`hold`) instead; None: every
+        stream follows the newest revision.  Streams that are let go are offered it."""
+        self.pins = pins
+        if pins is None or (self.held is not None and self.held.revision != pins[0]):
+            self.held = None
+        latest = self.latest
+        if (
+            pins is not None
+            and self.held is None
+            and latest is not None
+            and latest.revision == pins[0]
+        ):
+            self.held = latest
+        for stream in self.streams.values():
+            self._offer_target(stream)
+
+    def needs_held(self) -> int:
+        """The revision pinned nodes are held on when its bytes are missing (a replica
+        that started during a rollout), else 0."""
+        pins = self.pins
+        if pins is None or self.held is not None:
+            return 0
+        return pins[0]
+
+    def hold(self, rev: Revision) -> None:
+        """The bytes of the revision pinned nodes are held on (serialized once)."""
+        if self.pins is None or rev.revision != self.pins[0]:
+            return
+        msg = policy_message(rev)
+        data = agent_pb2.ControllerMessage(
+            update=agent_pb2.PolicyUpdate(policy=msg)
+        ).SerializeToString()
+        self.serializations += 1
+        self.held = Published(rev.revision, rev.sha256, msg, data)
+        for stream in self.streams.values():
+            self._offer_target(stream)
+
+    def held_back(self, node: str) -> bool:
+        pins = self.pins
+        latest = self.latest
+        return (
+            pins is not None
+            and latest is not None
+            and latest.revision == pins[1]
+            and node in pins[2]
+        )
+
+    def target(self, node: str) -> Published | None:
+        """The revision ``node``'s stream is offered: the newest, or the one a rollout
+        holds it on (None while those bytes are not loaded yet)."""
+        if self.held_back(node):
+            return self.held
+        return self.latest
+
+    def _offer_target(self, stream: StreamState) -> None:
+        target = self.target(stream.node)
+        pending = stream.pending_policy
+        if pending is not None and (target is None or pending[0] > target.revision):
+            stream.pending_policy = None  # not sent yet, and no longer its target
+        if target is not None:
+            stream.offer_policy(target.revision, target.update_bytes)
 
     def publish_directory(self, nodes: list[types_pb2.NodeEntry]) -> None:
         self.directory_version += 1
@@ -303,15 +375,17 @@ class Hub:
             stream.offer_control(data)
         return True
 
-    def snapshot_bytes(self, with_directory: bool) -> bytes:
-        """The full-state message (cached per revision, directory version and kind)."""
-        rev = self.latest.revision if self.latest else 0
+    def snapshot_bytes(self, with_directory: bool, policy: Published | None = None) -> bytes:
+        """The full-state message (cached per revision, directory version and kind);
+        ``policy``: the revision the node is targeted at (default: the newest)."""
+        policy = policy if policy is not None else self.latest
+        rev = policy.revision if policy else 0
         key = (rev, self.directory_version if with_directory else 0, with_directory)
         data = self._snapshot_cache.get(key)
         if data is None:
             snap = agent_pb2.Snapshot(controller=self.replica_id)
-            if self.latest is not None:
-                snap.policy.CopyFrom(self.latest.message)
+            if policy is not None:
+                snap.policy.CopyFrom(policy.message)
             if with_directory:
                 snap.directory.CopyFrom(self.directory_message)
             data = agent_pb2.ControllerMessage(snapshot=snap).SerializeToString()

@@ -22,6 +22,8 @@ class Keys:
     * ``tokens/<id>``             join token: hash of its secret, expiry, uses left
     * ``token-uses/<id>/<n>``     who used a join token (one key per use, written with it)
     * ``pki/crl``                 the cluster CA's newest CRL (PEM), moved forward only
+    * ``policy/rollout``          the rollout record (controller/rollout.py), moved by CAS
+    * ``rollouts/<id>/<seq>``     the rollout's event log, one key per change
     """
 
     root: str = "/ipsecd/"
@@ -86,3 +88,10 @@ class Keys:
     @property
     def crl(self) -> str:
         return f"{self.root}pki/crl"
+
+    @property
+    def rollout(self) -> str:
+        return f"{self.root}policy/rollout"
+
+    def rollout_event(self, rollout_id: int, seq: int) -> str:
+        return f"{self.root}rollouts/{rollout_id:010d}/{seq:08d}"

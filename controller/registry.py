@@ -36,6 +36,28 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def gate_to_dict(health: types_pb2.RevisionHealth) -> dict[str, Any]:
+    """A node's ``RevisionHealth`` as kept in its record (``gate``), for the rollout
+    health gate (controller/rollout.py); bounded like the status detail."""
+    return {
+        "revision": health.revision,
+        "refused": health.refused,
+        "refused_error": health.refused_error[:500],
+        "expected": health.expected,
+        "established": health.established,
+        "pending": [p[:200] for p in health.pending[:16]],
+        "errors": health.errors,
+    }
+
+
+def _gate_key(gate: dict[str, Any] | None) -> tuple[Any, ...]:
+    if not gate:
+        return ()
+    return tuple(
+        gate.get(k, 0) for k in ("revision", "refused", "expected", "established", "errors")
+    )
+
+
 def status_to_dict(status: types_pb2.NodeStatus) -> dict[str, Any]:
     return {
         "applied_revision": status.applied_revision,
@@ -64,7 +86,7 @@ class LocalNode:
         self.version += 1
 
     persisted_ms: int = 0
-    status_key: tuple[int, int, int, int] = field(default=(0, 0, 0, 0))
+    status_key: tuple[Any, ...] = field(default=(0, 0, 0, 0))
 
 
 class NodeView:
@@ -164,7 +186,7 @@ class NodeView:
 
 def _copy_record(rec: dict[str, Any]) -> dict[str, Any]:
     out = dict(rec)
-    for key in ("status", "labels"):
+    for key in ("status", "labels", "gate"):
         if key in out:
             out[key] = dict(out[key])
     return out
@@ -206,6 +228,7 @@ class Registry:
             "labels": dict(hello.labels),
             "capabilities": list(hello.capabilities),
             "status": dict((previous or {}).get("status") or {}),
+            "gate": dict((previous or {}).get("gate") or {}),
             "last_seen_unix_ms": now,
             "controller": self.replica_id,
         }
@@ -224,8 +247,21 @@ class Registry:
         self.last_seen[node] = now
         if not status.reported_unix_ms:
             status.reported_unix_ms = now
-        key = (status.applied_revision, int(status.health), status.ike_sas, status.child_sas)
+        gate = (
+            gate_to_dict(status.revision_health)
+            if status.HasField("revision_health")
+            else local.record.get("gate")
+        )
+        key = (
+            status.applied_revision,
+            int(status.health),
+            status.ike_sas,
+            status.child_sas,
+            *_gate_key(gate),
+        )
         local.record["status"] = status_to_dict(status)
+        if gate:
+            local.record["gate"] = gate
         local.record["last_seen_unix_ms"] = now
         if key != local.status_key or now - local.persisted_ms > self.touch_interval_ms:
             local.status_key = key
@@ -245,6 +281,9 @@ class Registry:
         else:
             st["health"] = int(types_pb2.HEALTH_FAILING)
             st["detail"] = f"revision {ack.revision} not applied: {ack.error}"
+            gate = dict(local.record.get("gate") or {})
+            gate.update(refused=ack.revision, refused_error=ack.error[:500])
+            local.record["gate"] = gate
         st["reported_unix_ms"] = now
         self.last_seen[node] = now
         local.record["last_seen_unix_ms"] = now
@@ -253,6 +292,7 @@ class Registry:
             int(st.get("health", 0)),
             int(st.get("ike_sas", 0)),
             int(st.get("child_sas", 0)),
+            *_gate_key(local.record.get("gate")),
         )
         local.touch()
 

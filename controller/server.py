@@ -88,6 +88,7 @@ from controller.metrics import ControllerMetrics
 from controller.registry import NodeView, Registry
 from controller.retry import request_deadline
 from controller.revisions import PolicyRepo, PushOutcome, Revision, check_request
+from controller.rollout import RolloutDriver
 from controller.secretstore import (
     Envelope,
     EnvelopeError,
@@ -108,6 +109,7 @@ from ipsecd.v1 import (
     join_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
+    rollout_pb2_grpc,
     status_pb2,
     status_pb2_grpc,
     types_pb2,
@@ -194,6 +196,10 @@ class ControllerConfig:
     revocation_interval: float = 2.0
     # validity of node certificates issued by Join and Renew (seconds)
     node_cert_lifetime: float = DEFAULT_NODE_LIFETIME
+    # rollouts (controller/rollout.py): how often the leader looks at a rollout, and
+    # how long a node's error counters must stay put once its SAs are up
+    rollout_tick: float = 0.5
+    rollout_soak: float = 3.0
 
 
 class _Oversize:
@@ -282,6 +288,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Push(self, request: Any, context: Any) -> policy_pb2.PushResponse:
         author = _principal().author(request.author)
         notes: list[str] = []
+        await _guard(context, self.c.refuse_during_rollout("push"))
 
         async def prepare(text: str) -> str:
             return await self.c.prepare_text(text, request.filename, author, notes)
@@ -314,6 +321,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Rollback(self, request: Any, context: Any) -> policy_pb2.PushResponse:
         author = _principal().author(request.author)
         notes: list[str] = []
+        await _guard(context, self.c.refuse_during_rollout("rollback"))
 
         async def prepare(text: str) -> str:  # an old revision may hold literal keys
             return await self.c.prepare_text(text, "", author, notes)
@@ -617,6 +625,15 @@ class Controller:
             address_owner=self._address_owner,
         )
         self.metrics = ControllerMetrics(self)  # served by metrics.start (--metrics-listen)
+        self.rollouts = RolloutDriver(
+            store,
+            self.keys,
+            is_leader=lambda: self.is_leader,
+            tick=config.rollout_tick,
+            soak=config.rollout_soak,
+        )
+        self.rollouts.controller = self
+        self.rollouts.on_change.append(self._rollout_changed)
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(
@@ -645,6 +662,9 @@ class Controller:
         status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(self), server)
         join_pb2_grpc.add_JoinServiceServicer_to_server(JoinServicer(self), server)
         join_pb2_grpc.add_NodeAdminServiceServicer_to_server(NodeAdminServicer(self), server)
+        from controller.rollout_service import RolloutServicer  # it imports this module
+
+        rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(self), server)
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
@@ -687,6 +707,7 @@ class Controller:
             self._flush_loop(),
             self._directory_loop(),
             self._revocation_loop(),
+            self.rollouts.run(),
         ):
             self._tasks.append(asyncio.create_task(coro))
         return self.port
@@ -717,9 +738,36 @@ class Controller:
     # fan-out of a new revision never queues behind thousands of status writes.
     async def _resync_policy(self) -> int:
         kvs, rev = await self.store.get_prefix(self.keys.current)
+        # the rollout first: nodes it holds back must not be offered the new revision
+        rollout = await self.store.get(self.keys.rollout)
+        self.rollouts.take(rollout.value if rollout is not None else None)
         if kvs and self.hub.publish(await self.repo.read(int(kvs[0].value))):
             self.metrics.published(int(kvs[0].value))
+        await self._load_held()
         return rev
+
+    # -- rollouts (controller/rollout.py) ---------------------------------------------
+    def _rollout_changed(self) -> None:
+        r = self.rollouts.rollout
+        pins = r.pins() if r is not None else frozenset()
+        self.hub.set_pins((r.from_revision, r.to_revision, pins) if r and pins else None)
+
+    async def _load_held(self) -> None:
+        """A replica that (re)started during a rollout: load the revision the held-back
+        nodes stay on (serialized once, like every revision)."""
+        number = self.hub.needs_held()
+        if number:
+            self.hub.hold(await self.repo.read(number))
+
+    async def refuse_during_rollout(self, what: str) -> None:
+        r = self.rollouts.active()
+        if r is not None:
+            raise ConflictError(
+                f"rollout {r.id} (revision {r.from_revision} -> {r.to_revision}) is {r.state}: "
+                f"a plain {what} would bypass its health gate; wait for it (`ipsecctl rollout "
+                "status --wait`), stop it (`ipsecctl rollout abort`), or push with --rollout "
+                "once it has ended"
+            )
 
     async def _resync_registry(self) -> int:
         keys = self.keys
@@ -773,12 +821,16 @@ class Controller:
         for ev in events:
             if ev.key.startswith(keys.revisions) and ev.value is not None:
                 seen[ev.key] = ev.value
+            elif ev.key == keys.rollout:
+                self.rollouts.take(ev.value)
+                await self._load_held()
             elif ev.key == keys.current and ev.value is not None:
                 number = int(ev.value)
                 raw = seen.get(keys.revision(number))
                 rev = Revision.from_bytes(raw) if raw else await self.repo.read(number)
                 if self.hub.publish(rev):
                     self.metrics.published(number)
+                    await self._load_held()
                     streams = len(self.hub.streams)
                     _log.info(
                         "fan-out: revision %d to %d streams",
@@ -1207,7 +1259,11 @@ class Controller:
         up."""
         hub = self.hub
         want_dir = "directory" in hello.capabilities
-        latest = hub.latest
+        if hub.held_back(hello.node):
+            await self._load_held()
+        # the revision this node is targeted at: the newest, or the one a rollout
+        # holds it on (controller/rollout.py)
+        latest = hub.target(hello.node)
         have = hello.last_revision
         ahead = have > 0 and (latest is None or have > latest.revision)
         resume = ahead or (
@@ -1225,7 +1281,7 @@ class Controller:
                 hello.node, directory=want_dir, sent_rev=latest.revision if latest else 0
             )
             stream.sent_dir_version = hub.directory_version if want_dir else 0
-            initial = [hub.snapshot_bytes(want_dir)]
+            initial = [hub.snapshot_bytes(want_dir, latest)]
         self.metrics.connected(hello.node, resumed=resume)
         _log.debug(
             "node %s connected (%s from revision %d)",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15ipsecd/v1/types.proto\x12\tipsecd.v1\"i\n\nDiagnostic\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12\x10\n\x08rendered\x18\x06 \x01(\t\"\xbf\x01\n\x0cRevisionMeta\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x15\n\rbase_revision\x18\x06 \x01(\x04\x12\x13\n\x0brollback_of\x18\x07 \x01(\x04\x12\x10\n\x08\x66ilename\x18\x08 \x01(\t\x12\x15\n\rpolicy_digest\x18\t \x01(\t\"\x97\x01\n\nNodeStatus\x12\x18\n\x10\x61pplied_revision\x18\x01 \x01(\x04\x12!\n\x06health\x18\x02 \x01(\x0e\x32\x11.ipsecd.v1.Health\x12\x0f\n\x07ike_sas\x18\x03 \x01(\r\x12\x11\n\tchild_sas\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x18\n\x10reported_unix_ms\x18\x06 \x01(\x03\"\x8d\x01\n\tNodeEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .ipsecd.v1.NodeEntry.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*X\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\r\n\tHEALTH_OK\x10\x01\x12\x13\n\x0fHEALTH_DEGRADED\x10\x02\x12\x12\n\x0eHEALTH_FAILING\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15ipsecd/v1/types.proto\x12\tipsecd.v1\"i\n\nDiagnostic\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12\x10\n\x08rendered\x18\x06 \x01(\t\"\xbf\x01\n\x0cRevisionMeta\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x15\n\rbase_revision\x18\x06 \x01(\x04\x12\x13\n\x0brollback_of\x18\x07 \x01(\x04\x12\x10\n\x08\x66ilename\x18\x08 \x01(\t\x12\x15\n\rpolicy_digest\x18\t \x01(\t\"\xcb\x01\n\nNodeStatus\x12\x18\n\x10\x61pplied_revision\x18\x01 \x01(\x04\x12!\n\x06health\x18\x02 \x01(\x0e\x32\x11.ipsecd.v1.Health\x12\x0f\n\x07ike_sas\x18\x03 \x01(\r\x12\x11\n\tchild_sas\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x18\n\x10reported_unix_ms\x18\x06 \x01(\x03\x12\x32\n\x0frevision_health\x18\x0c \x01(\x0b\x32\x19.ipsecd.v1.RevisionHealth\"\x92\x01\n\x0eRevisionHealth\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07refused\x18\x02 \x01(\x04\x12\x15\n\rrefused_error\x18\x03 \x01(\t\x12\x10\n\x08\x65xpected\x18\x04 \x01(\r\x12\x13\n\x0b\x65stablished\x18\x05 \x01(\r\x12\x0f\n\x07pending\x18\x06 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\"\x8d\x01\n\tNodeEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .ipsecd.v1.NodeEntry.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*X\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\r\n\tHEALTH_OK\x10\x01\x12\x13\n\x0fHEALTH_DEGRADED\x10\x02\x12\x12\n\x0eHEALTH_FAILING\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODEENTRY_LABELSENTRY']._loaded_options = None
   _globals['_NODEENTRY_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_HEALTH']._serialized_start=635
-  _globals['_HEALTH']._serialized_end=723
+  _globals['_HEALTH']._serialized_start=836
+  _globals['_HEALTH']._serialized_end=924
   _globals['_DIAGNOSTIC']._serialized_start=36
   _globals['_DIAGNOSTIC']._serialized_end=141
   _globals['_REVISIONMETA']._serialized_start=144
   _globals['_REVISIONMETA']._serialized_end=335
   _globals['_NODESTATUS']._serialized_start=338
-  _globals['_NODESTATUS']._serialized_end=489
-  _globals['_NODEENTRY']._serialized_start=492
-  _globals['_NODEENTRY']._serialized_end=633
-  _globals['_NODEENTRY_LABELSENTRY']._serialized_start=588
-  _globals['_NODEENTRY_LABELSENTRY']._serialized_end=633
+  _globals['_NODESTATUS']._serialized_end=541
+  _globals['_REVISIONHEALTH']._serialized_start=544
+  _globals['_REVISIONHEALTH']._serialized_end=690
+  _globals['_NODEENTRY']._serialized_start=693
+  _globals['_NODEENTRY']._serialized_end=834
+  _globals['_NODEENTRY_LABELSENTRY']._serialized_start=789
+  _globals['_NODEENTRY_LABELSENTRY']._serialized_end=834
 # @@protoc_insertion_point(module_scope)

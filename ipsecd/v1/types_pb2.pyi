@@ -57,20 +57,40 @@ class RevisionMeta(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., author: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., sha256: _Optional[str] = ..., comment: _Optional[str] = ..., base_revision: _Optional[int] = ..., rollback_of: _Optional[int] = ..., filename: _Optional[str] = ..., policy_digest: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("applied_revision", "health", "ike_sas", "child_sas", "detail", "reported_unix_ms")
+    __slots__ = ("applied_revision", "health", "ike_sas", "child_sas", "detail", "reported_unix_ms", "revision_health")
     APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     IKE_SAS_FIELD_NUMBER: _ClassVar[int]
     CHILD_SAS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     REPORTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_HEALTH_FIELD_NUMBER: _ClassVar[int]
     applied_revision: int
     health: Health
     ike_sas: int
     child_sas: int
     detail: str
     reported_unix_ms: int
-    def __init__(self, applied_revision: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., ike_sas: _Optional[int] = ..., child_sas: _Optional[int] = ..., detail: _Optional[str] = ..., reported_unix_ms: _Optional[int] = ...) -> None: ...
+    revision_health: RevisionHealth
+    def __init__(self, applied_revision: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., ike_sas: _Optional[int] = ..., child_sas: _Optional[int] = ..., detail: _Optional[str] = ..., reported_unix_ms: _Optional[int] = ..., revision_health: _Optional[_Union[RevisionHealth, _Mapping]] = ...) -> None: ...
+
+class RevisionHealth(_message.Message):
+    __slots__ = ("revision", "refused", "refused_error", "expected", "established", "pending", "errors")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    refused: int
+    refused_error: str
+    expected: int
+    established: int
+    pending: _containers.RepeatedScalarFieldContainer[str]
+    errors: int
+    def __init__(self, revision: _Optional[int] = ..., refused: _Optional[int] = ..., refused_error: _Optional[str] = ..., expected: _Optional[int] = ..., established: _Optional[int] = ..., pending: _Optional[_Iterable[str]] = ..., errors: _Optional[int] = ...) -> None: ...
 
 class NodeEntry(_message.Message):
     __slots__ = ("name", "addresses", "labels")

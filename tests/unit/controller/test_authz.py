@@ -24,7 +24,7 @@ from controller.authz import (
     Principal,
 )
 from controller.ca import CertificateAuthority, Role, pem
-from ipsecd.v1 import agent_pb2, join_pb2, policy_pb2, status_pb2
+from ipsecd.v1 import agent_pb2, join_pb2, policy_pb2, rollout_pb2, status_pb2
 
 
 class FakeContext:
@@ -53,7 +53,7 @@ class NoCertContext(FakeContext):
 
 def _rpcs() -> set[str]:
     out = set()
-    for module in (agent_pb2, join_pb2, policy_pb2, status_pb2):
+    for module in (agent_pb2, join_pb2, policy_pb2, rollout_pb2, status_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 out.add(f"/{service.full_name}/{method.name}")
@@ -70,6 +70,9 @@ def test_the_table_covers_every_rpc_and_nothing_else() -> None:
         "/ipsecd.v1.PolicyService/DeleteSecret",
     }
     writes |= {m for m in METHOD_ROLES if m.startswith("/ipsecd.v1.NodeAdminService/")}
+    writes |= {
+        f"/ipsecd.v1.RolloutService/{m}" for m in ("Start", "Pause", "Resume", "Abort", "Rollback")
+    }
     assert {"/ipsecd.v1.JoinService/Join"} == WITHOUT_CERTIFICATE
     node_only = {
         "/ipsecd.v1.AgentService/Connect",
