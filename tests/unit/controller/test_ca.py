@@ -50,7 +50,11 @@ from ipsecd.roles import role_of as roles_role_of
 from tests.support.pki import ca as make_ca
 from tests.support.pki import end_entity
 
-NOW = dt.datetime.now(dt.UTC)
+
+def _now() -> dt.datetime:
+    # at the check, not at import: a slow suite reaches these tests minutes after
+    # collection, later than the certificates' 5-minute backdate
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +85,7 @@ def test_node_certificates_pass_the_ike_checks(authority: CertificateAuthority) 
     validates, and it names the node's name and addresses (id name / id address)."""
     cert = _node(authority)
     store = TrustStore((authority.cert,))
-    now = NOW.timestamp()
+    now = _now().timestamp()
     assert store.validate(cert, [], now) == authority.cert
     for ident in (
         Identity.fqdn("node-a"),
@@ -174,12 +178,12 @@ def test_names_are_checked(authority: CertificateAuthority) -> None:
 
 def test_crl_revokes(authority: CertificateAuthority) -> None:
     good, bad = _node(authority, "good"), _node(authority, "bad")
-    crl = authority.crl([(bad.serial_number, NOW)], number=7)
+    crl = authority.crl([(bad.serial_number, _now())], number=7)
     assert crl_serials(crl, authority.cert) == {bad.serial_number}
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 7
     assert crl_serials(crl, CertificateAuthority.create().cert) is None  # not its CRL
     store = TrustStore((authority.cert,), (crl,))
-    now = NOW.timestamp()
+    now = _now().timestamp()
     store.validate(good, [], now)
     with pytest.raises(CertificateError) as err:
         store.validate(bad, [], now)
@@ -194,7 +198,7 @@ def test_an_existing_ca_and_an_intermediate(tmp_path: Path) -> None:
     assert authority.intermediates == (inter.cert,)
     cert = _node(authority)
     store = TrustStore((root.cert,))
-    store.validate(cert, list(authority.intermediates), NOW.timestamp())
+    store.validate(cert, list(authority.intermediates), _now().timestamp())
     # wrong key, not a CA, wrong order
     with pytest.raises(CaError, match="does not belong"):
         CertificateAuthority.from_pem(pem(inter.cert), key_pem(root.key), where="x")
