@@ -151,6 +151,7 @@ async def test_secrets_end_to_end(state: dict[str, Any], etcd_session: EtcdProce
         await wait_until(
             lambda: len(c.hub.directory_message.nodes) == 3, 20, "the directory of 3 nodes"
         )
+        await wait_until(lambda: all(n.stream.connected for n in nodes), 20, "the three streams up")
         root = MESH_PSK.encode()
         # node a: its two pairs and the gateway's key, never the mesh root
         name = state["envelope"].literal_name(root)  # the literal's name in the store
