@@ -147,6 +147,16 @@ class ControllerMetrics:
             "Agent streams dropped because one write stayed pending (--stream-drain-timeout)",
             value=c.dropped_stalled,
         )
+        sent = CounterMetricFamily(
+            "ipsecd_controller_stream_sent_bytes",
+            "Bytes of messages written to agent streams (before HTTP/2 framing)",
+            value=c.hub.sent.bytes,
+        )
+        directory = GaugeMetricFamily(
+            "ipsecd_controller_directory_version",
+            "Version of the node directory as this replica sends it (an etcd revision)",
+            value=c.hub.directory_version,
+        )
         acks = CounterMetricFamily(
             "ipsecd_controller_acks",
             "Acks from agents on this replica: ok (revision applied) or failed (refused)",
@@ -162,6 +172,8 @@ class ControllerMetrics:
             pending,
             connects,
             dropped,
+            sent,
+            directory,
             acks,
             *self._nodes(current),
             *self._etcd(),
@@ -215,6 +227,15 @@ class ControllerMetrics:
             "transient (a watch), gave-up (retry budget spent), outcome-unknown",
             labels=["kind"],
         )
+        requests = CounterMetricFamily(
+            "ipsecd_controller_etcd_requests",
+            "etcd operations asked by this replica (not counting retries), by operation",
+            labels=["op"],
+        )
+        asked = getattr(store, "requests", None)
+        if isinstance(asked, Counter):
+            for op, count in sorted(asked.items()):
+                requests.add_metric([op], count)
         n = getattr(store, "retries", None)
         if isinstance(n, int):
             retries.add_metric([], n)
@@ -230,4 +251,4 @@ class ControllerMetrics:
             )
             for kind in kinds:
                 failures.add_metric([kind], counts[kind])
-        return [retries, failures]
+        return [retries, failures, requests]
