@@ -203,7 +203,10 @@ class AgentStream:
         self.directory = Directory()
         if directory is not None and directory[0] > 0:
             self.directory.replace(directory[0], directory[1])
-        self.directory_list = directory_list  # False: events without the whole list
+        # False (simulated agents of tests and benchmarks): no entries are kept, only the
+        # version and the digest the controller announced; events carry no list
+        self.directory_list = directory_list
+        self._announced = b""  # that digest (directory_list=False)
         self.connects = 0  # streams established so far
         self.address = ""  # controller address of the current stream ("" when down)
         self._shas: dict[int, str] = {}
@@ -318,7 +321,9 @@ class AgentStream:
         )
         if "directory" in ident.capabilities and self.directory.version:
             hello.directory_version = self.directory.version
-            hello.directory_digest = self.directory.digest()
+            hello.directory_digest = (
+                self.directory.digest() if self.directory_list else self._announced
+            )
         return agent_pb2.AgentMessage(hello=hello)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -425,6 +430,10 @@ class AgentStream:
         )
 
     async def _directory(self, d: agent_pb2.NodeDirectory) -> None:
+        if not self.directory_list:
+            self.directory.version, self._announced = d.version, d.digest
+            await self.on_event(DirectoryReceived(d.version, ()))
+            return
         self.directory.replace(d.version, d.nodes)
         if d.digest and d.digest != self.directory.digest():
             _log.warning(
@@ -438,7 +447,17 @@ class AgentStream:
     async def _directory_delta(self, d: agent_pb2.NodeDirectoryDelta) -> None:
         changed = tuple(e.name for e in d.changed)
         try:
-            self.directory.apply_delta(d.base_version, d.version, d.changed, d.removed, d.digest)
+            if self.directory_list:
+                self.directory.apply_delta(
+                    d.base_version, d.version, d.changed, d.removed, d.digest
+                )
+            elif d.base_version != self.directory.version:
+                raise DirectoryMismatch(
+                    f"a directory change from version {d.base_version} arrived, but the "
+                    f"directory held is at version {self.directory.version}"
+                )
+            else:
+                self.directory.version, self._announced = d.version, d.digest
         except DirectoryMismatch as exc:
             self.directory = Directory()  # unusable: the next hello asks for the whole
             raise _DirectoryResync(str(exc)) from None

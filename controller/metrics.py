@@ -81,6 +81,11 @@ class ControllerMetrics:
         self._connected[node] = time.monotonic()
         self.connects["resume" if resumed else "snapshot"] += 1
 
+    def disconnected(self, node: str) -> None:
+        """The node's stream left this replica (else, with nodes coming and going under
+        new names, the connect times would pile up: the soak run found it)."""
+        self._connected.pop(node, None)
+
     def acked(self, node: str, revision: int, ok: bool) -> None:
         self.acks["ok" if ok else "failed"] += 1
         if not ok:

@@ -723,6 +723,11 @@ class Controller:
             [(kv.key, kv.value) for kv in nodes], [(kv.key, kv.value) for kv in conns], rev
         )
         self.view.replicas = {kv.key[len(keys.replicas) :]: json.loads(kv.value) for kv in replicas}
+        # the directory at once (not at the next tick of the directory loop), so that
+        # agents reconnecting to a restarted replica resume theirs instead of waiting
+        # for it, or getting the whole of it
+        if self.view.dir_dirty:
+            self.hub.publish_directory_changes(self.view.take_directory_changes(), rev)
         crl = await self.store.get(keys.crl)
         if crl is not None:
             self._take_crl(crl.value)
@@ -1164,6 +1169,11 @@ class Controller:
             context.set_trailing_metadata((("ipsecd-error", "permission-denied"),))
             await context.abort(exc.code, exc.message)
             return
+        if not self.watch_synced.is_set():
+            # a replica that has just started: admit once it knows the current revision
+            # and the directory (bounded: with etcd down, streams are served without)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.watch_synced.wait(), self.config.hello_timeout)
         stream, initial = await self._admit(hello)
         if self.hub.crl_bytes is not None:
             initial.append(self.hub.crl_bytes)
@@ -1195,6 +1205,8 @@ class Controller:
             stream.detach()
             if self.hub.remove(stream):
                 self.registry.disconnected(stream.node, final=not stream.forget)
+            if stream.node not in self.hub.streams:
+                self.metrics.disconnected(stream.node)
 
     async def _admit(self, hello: agent_pb2.Hello) -> tuple[StreamState, list[bytes]]:
         """Resume when the agent's revision is known (send only what it lacks), else a
