@@ -484,6 +484,7 @@ def _storm(
     """The controller restarts (SIGTERM, a new process on the same address): every
     agent reconnects at once (with the agents' jittered backoff).  Time from the new
     process listening until every agent has resumed, and what it asked etcd."""
+    time.sleep(3.0)  # registry flush + directory interval: the directory has settled
     s0 = _stats(workers)
     _tell(workers, "mark")
     for w in workers:
