@@ -75,6 +75,7 @@ WAVES = int(os.environ.get("BENCH_CONTROLLER_WAVES", "10"))
 SCENARIOS = set(
     os.environ.get("BENCH_CONTROLLER_SCENARIOS", "fanout,rolling,storm,slow").split(",")
 )
+ROLLING = set(os.environ.get("BENCH_CONTROLLER_ROLLING", "restart,readdress").split(","))
 _PIN = os.environ.get("BENCH_CONTROLLER_PIN", "1") != "0" and (os.cpu_count() or 1) >= 2
 CTL_CPUS: set[int] | None = {0} if _PIN else None  # the controller and its etcd
 AGENT_CPUS: set[int] | None = {1} if _PIN else None  # simulated agents, coordinator
@@ -84,6 +85,11 @@ SLOW_PUSHES = 20
 # --stream-drain-timeout of the slow scenario's controller (0: never drop, to compare)
 SLOW_DRAIN_TIMEOUT = float(os.environ.get("BENCH_CONTROLLER_SLOW_DRAIN", "5"))
 SLOW_PING_INTERVAL = 2.0  # the drain check runs once per ping interval per stream
+
+
+def _phase(what: str) -> None:
+    """Progress on stderr (the figures are the JSON on stdout)."""
+    print(f"# {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
 
 
 def _raise_nofile() -> int:
@@ -458,6 +464,7 @@ def _rolling(
         _tell(workers, cmds)
         for w in workers:
             _read_json(w, 600, "restarted")
+        _phase(f"wave {k + 1} of {WAVES} back")
         time.sleep(1.2)  # the controller's directory interval (1 s): one change per wave
     wall, cpu = time.monotonic() - t0, _cpu_s(ctl.pid) - cpu0
     d = _delta(s0, _stats(workers))
@@ -530,9 +537,11 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
         for size in sizes:
             workers.append(_spawn("--worker", address, str(first), str(size)))
             first += size
+        _phase(f"{n}: connecting")
         for w in workers:
             _read_json(w, 600, "ready")
         connect_s = time.monotonic() - t_connect
+        _phase(f"{n}: pushes")
         time.sleep(3.0)  # registry flush, directory, first pings
         rss_connected = _rss(ctl.pid)
         latencies: list[float] = []
@@ -572,10 +581,14 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             "controller_rss_per_agent_kb": round((rss_connected - rss_idle) / n / 1024, 1),
             "controller_rss_after_pushes_mb": round(rss_after / 2**20, 1),
         }
-        if "rolling" in SCENARIOS:
+        if "rolling" in SCENARIOS and "restart" in ROLLING:
+            _phase(f"{n}: rolling restart")
             result["rolling_restart"] = _rolling(ctl, workers, sizes, newaddr=False)
+        if "rolling" in SCENARIOS and "readdress" in ROLLING:
+            _phase(f"{n}: rolling restart on new addresses")
             result["rolling_readdress"] = _rolling(ctl, workers, sizes, newaddr=True)
         if "storm" in SCENARIOS:
+            _phase(f"{n}: reconnect storm")
             ctl, result["reconnect_storm"] = _storm(etcd_url, address, root, ctl, workers, n)
         return result
     finally:
