@@ -79,6 +79,7 @@ ROLLING = set(os.environ.get("BENCH_CONTROLLER_ROLLING", "restart,readdress").sp
 _PIN = os.environ.get("BENCH_CONTROLLER_PIN", "1") != "0" and (os.cpu_count() or 1) >= 2
 CTL_CPUS: set[int] | None = {0} if _PIN else None  # the controller and its etcd
 AGENT_CPUS: set[int] | None = {1} if _PIN else None  # simulated agents, coordinator
+ETCD_PID = 0  # the shared etcd (its CPU is the controller's core's too)
 SLOW_AGENTS = int(os.environ.get("BENCH_CONTROLLER_SLOW_AGENTS", "500"))
 SLOW_POLICY_KB = int(os.environ.get("BENCH_CONTROLLER_SLOW_POLICY_KB", "256"))
 SLOW_PUSHES = 20
@@ -547,6 +548,7 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
         latencies: list[float] = []
         all_acked: list[float] = []
         cpu_ctl0 = _cpu_s(ctl.pid)
+        cpu_etcd0 = _cpu_s(ETCD_PID)
         cpu_workers0 = sum(_cpu_s(w.pid) for w in workers)
         t_pushes = time.monotonic()
         for r in range(2, 2 + PUSHES):
@@ -563,6 +565,7 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
         wall = time.monotonic() - t_pushes
         rss_after = _rss(ctl.pid)  # growth here would be per-message memory kept per stream
         cpu_ctl = _cpu_s(ctl.pid) - cpu_ctl0
+        cpu_etcd = _cpu_s(ETCD_PID) - cpu_etcd0
         cpu_workers = sum(_cpu_s(w.pid) for w in workers) - cpu_workers0
         result: dict[str, Any] = {
             "agents": n,
@@ -575,6 +578,7 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             "push_to_all_acked_max_ms": round(max(all_acked) * 1000, 1),
             "push_phase_wall_s": round(wall, 2),
             "push_phase_cpu_controller_s": round(cpu_ctl, 2),
+            "push_phase_cpu_etcd_s": round(cpu_etcd, 2),
             "push_phase_cpu_agent_workers_s": round(cpu_workers, 2),
             "controller_rss_idle_mb": round(rss_idle / 2**20, 1),
             "controller_rss_connected_mb": round(rss_connected / 2**20, 1),
@@ -808,6 +812,9 @@ def main() -> int:
             etcd.start()
         finally:
             os.sched_setaffinity(0, AGENT_CPUS or mine)
+        global ETCD_PID
+        assert etcd.proc is not None
+        ETCD_PID = etcd.proc.pid
         try:
             if "fanout" in SCENARIOS:
                 import bench_grpc_floor

@@ -170,9 +170,12 @@ async def test_cluster_mode_follows_acknowledges_and_survives_the_controller(
             assert saved.stat().st_mode & 0o777 == 0o600
             # the node directory is saved with its version, to be resumed after a restart
             await wait_until(
-                lambda: c.hub.directory_version > 0
-                and d.directory_version == c.hub.directory_version
-                and json.loads(saved.read_text()).get("directory_version") == d.directory_version,
+                lambda: (
+                    c.hub.directory_version > 0
+                    and d.directory_version == c.hub.directory_version
+                    and json.loads(saved.read_text()).get("directory_version")
+                    == d.directory_version
+                ),
                 30,
                 "the directory version saved",
             )

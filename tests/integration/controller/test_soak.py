@@ -98,6 +98,8 @@ async def test_pushes_storms_and_churn_leave_nothing_behind(etcd_session: EtcdPr
                 lambda: (
                     not c.registry.conn_deletes
                     and not c.registry._pending_final
+                    and not any(n.dirty for n in c.registry.local.values())
+                    and not c.view._echo  # every write seen back through the watch
                     and not c.view.dir_dirty
                 ),
                 30,
@@ -112,22 +114,23 @@ async def test_pushes_storms_and_churn_leave_nothing_behind(etcd_session: EtcdPr
                 30,
                 "every directory up to date",
             )
-            # the handlers of the ended streams are done with them (polled: gc is slow)
-            for _ in range(100):
-                if _stream_objects() == len(c.hub.streams):
-                    break
-                await asyncio.sleep(0.2)
             samples.append((_fds(), len(asyncio.all_tasks()), _held(c)))
         warm_fds, warm_tasks, warm = samples[1]
         for fds, tasks, held in samples[2:]:
-            assert held == warm, (held, warm)
+            # gRPC lets go of the last few ended calls (and their stream states) later:
+            # a couple linger, never one per stream or per round
+            assert held.pop("stream_objects") <= held["streams"] + 8, held
+            assert held == {k: v for k, v in warm.items() if k != "stream_objects"}, held
             # sockets and tasks of gRPC's own close asynchronously: a leak of one per
             # stream or per round would exceed this within the rounds
             assert fds <= warm_fds + 8, [s[0] for s in samples]
             assert tasks <= warm_tasks + 8, [s[1] for s in samples]
         # node records: the steady nodes and the whole churn pool, never more
         assert warm["node_records"] == STEADY + 2 * CHURN
-        assert warm["streams"] == warm["stream_objects"] == STEADY + CHURN
+        assert warm["streams"] == STEADY + CHURN
+        # per-node state only for the nodes connected here (nothing of the churned ones)
+        for key in ("registry_local", "registry_last_seen", "metrics_connected"):
+            assert warm[key] == warm["streams"], (key, warm)
     finally:
         await asyncio.gather(*(a.stop() for a in steady + churn))
         await stop_controller(c)
