@@ -526,7 +526,8 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
     port = _free_port()
     address = f"127.0.0.1:{port}"
     root = f"/bench-{n}-{os.getpid()}/"
-    ctl = _start_controller(etcd_url, address, root)
+    metrics = f"127.0.0.1:{_free_port()}"
+    ctl = _start_controller(etcd_url, address, root, metrics=metrics)
     workers: list[subprocess.Popen[str]] = []
     try:
         asyncio.run(_push(address, 1))  # the stream state includes a current policy
@@ -547,6 +548,7 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
         rss_connected = _rss(ctl.pid)
         latencies: list[float] = []
         all_acked: list[float] = []
+        fanout: list[float] = []
         cpu_ctl0 = _cpu_s(ctl.pid)
         cpu_etcd0 = _cpu_s(ETCD_PID)
         cpu_workers0 = sum(_cpu_s(w.pid) for w in workers)
@@ -562,6 +564,8 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             lat = [t - t0 for t in times]
             latencies.extend(lat)
             all_acked.append(max(lat))
+            # the controller's own part: until every stream had taken the revision
+            fanout.append(_scrape(metrics).get("ipsecd_controller_fanout_seconds", -1.0))
         wall = time.monotonic() - t_pushes
         rss_after = _rss(ctl.pid)  # growth here would be per-message memory kept per stream
         cpu_ctl = _cpu_s(ctl.pid) - cpu_ctl0
@@ -576,6 +580,9 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             "push_to_agent_ack_p99_ms": round(_pct(latencies, 0.99) * 1000, 1),
             "push_to_all_acked_p50_ms": round(statistics.median(all_acked) * 1000, 1),
             "push_to_all_acked_max_ms": round(max(all_acked) * 1000, 1),
+            # -1: a controller without the metric (an older tree)
+            "controller_fanout_to_all_streams_p50_ms": round(statistics.median(fanout) * 1000, 1),
+            "controller_fanout_to_all_streams_max_ms": round(max(fanout) * 1000, 1),
             "push_phase_wall_s": round(wall, 2),
             "push_phase_cpu_controller_s": round(cpu_ctl, 2),
             "push_phase_cpu_etcd_s": round(cpu_etcd, 2),

@@ -78,13 +78,33 @@ class Published:
 
 
 class SendTotals:
-    """Messages and bytes written to this replica's agent streams (metrics)."""
+    """Messages and bytes written to this replica's agent streams, and how long the
+    newest revision took to be taken by every stream (metrics, the benchmark: the
+    controller's own part of push -> ack)."""
 
-    __slots__ = ("bytes", "messages")
+    __slots__ = ("bytes", "fanout_left", "fanout_seconds", "fanout_start", "messages", "tracked")
 
     def __init__(self) -> None:
         self.bytes = 0
         self.messages = 0
+        self.tracked: bytes | None = None  # the revision's update being fanned out
+        self.fanout_left = 0
+        self.fanout_start = 0.0
+        self.fanout_seconds = 0.0  # of the last fan-out every stream took
+
+    def track(self, data: bytes, streams: int) -> None:
+        self.tracked, self.fanout_left, self.fanout_start = data, streams, time.monotonic()
+        if not streams:
+            self.tracked, self.fanout_seconds = None, 0.0
+
+    def written(self, data: bytes) -> None:
+        self.messages += 1
+        self.bytes += len(data)
+        if data is self.tracked:
+            self.fanout_left -= 1
+            if self.fanout_left <= 0:
+                self.tracked = None
+                self.fanout_seconds = time.monotonic() - self.fanout_start
 
 
 class Sink(Protocol):
@@ -172,10 +192,8 @@ class StreamState:
         finally:
             self.write_since = 0.0
             self.inflight = 0
-        totals = self.totals
-        if totals is not None:
-            totals.messages += 1
-            totals.bytes += len(data)
+        if self.totals is not None:
+            self.totals.written(data)
 
     def offer_policy(self, revision: int, data: bytes) -> None:
         if revision > self.sent_rev:
@@ -437,6 +455,7 @@ class Hub:
         self.serializations += 1
         self.latest = Published(rev.revision, rev.sha256, msg, data)
         self._snapshot_cache.clear()
+        self.sent.track(data, len(self.streams))
         for stream in self.streams.values():
             stream.offer_policy(rev.revision, data)
         return True

@@ -157,6 +157,12 @@ class ControllerMetrics:
             "Bytes of messages written to agent streams (before HTTP/2 framing)",
             value=c.hub.sent.bytes,
         )
+        fanout = GaugeMetricFamily(
+            "ipsecd_controller_fanout_seconds",
+            "From the newest revision becoming current on this replica until every stream "
+            "had taken it (handed to gRPC), for the last revision that got that far",
+            value=c.hub.sent.fanout_seconds,
+        )
         directory = GaugeMetricFamily(
             "ipsecd_controller_directory_version",
             "Version of the node directory as this replica sends it (an etcd revision)",
@@ -178,6 +184,7 @@ class ControllerMetrics:
             connects,
             dropped,
             sent,
+            fanout,
             directory,
             acks,
             *self._nodes(current),

@@ -375,3 +375,28 @@ def test_digest_is_order_independent_and_field_exact() -> None:
     assert three.digest() != four.digest()
     three.change(2, removed=["ab"])
     assert three.digest() == Directory().digest()
+
+
+@run_async(10)
+async def test_fanout_time_is_taken_when_every_stream_has_taken_the_revision() -> None:
+    hub = Hub("r1")
+    sinks = []
+    for i in range(3):
+        s = StreamState(f"n{i}", directory=False, sent_rev=0)
+        hub.add(s)
+        sink = _Sink()
+        sink.gate.clear()
+        s.attach(sink)
+        sinks.append(sink)
+    hub.publish(_rev(1))
+    assert hub.sent.tracked is not None and hub.sent.fanout_left == 3
+    sinks[0].gate.set()
+    sinks[1].gate.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert hub.sent.fanout_left == 1 and hub.sent.fanout_seconds == 0.0  # one still pending
+    sinks[2].gate.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert hub.sent.tracked is None and hub.sent.fanout_seconds > 0.0
+    assert hub.sent.messages == 3 and hub.sent.bytes == 3 * len(hub.latest.update_bytes)  # type: ignore[union-attr]
