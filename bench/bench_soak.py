@@ -53,13 +53,13 @@ def dump(signum, frame):
     if not base:
         base.append(snap)
         return
+    lines = [f"== growth since the warm-up, gc counts {gc.get_count()}, "
+             f"objects {len(gc.get_objects())}"]
+    for stat in snap.compare_to(base[0], "traceback")[:25]:
+        lines.append(f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} blocks")
+        lines.extend("    " + line for line in stat.traceback.format()[-8:])
     with open(os.environ["SOAK_TRACE_OUT"], "a") as out:
-        out.write(f"== growth since the warm-up, gc counts {gc.get_count()}, "
-                  f"objects {len(gc.get_objects())}\\n")
-        for stat in snap.compare_to(base[0], "traceback")[:25]:
-            out.write(f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} blocks\\n")
-            for line in stat.traceback.format()[-8:]:
-                out.write(f"    {line}\\n")
+        out.write("\\n".join(lines) + "\\n")
 signal.signal(signal.SIGUSR1, dump)
 sys.argv = ["ipsecd-controller", *sys.argv[1:]]
 runpy.run_module("controller.main", run_name="__main__")
@@ -139,9 +139,14 @@ def soak(etcd_url: str) -> dict[str, Any]:
             if TRACE and not traced_base and t >= WARMUP * SECONDS:
                 ctl.send_signal(signal.SIGUSR1)
                 traced_base = True
-        if TRACE:
+        if TRACE:  # the comparison takes a while under tracemalloc: wait for it
+            size = Path(TRACE).stat().st_size if Path(TRACE).exists() else 0
             ctl.send_signal(signal.SIGUSR1)
-            time.sleep(5.0)
+            for _ in range(600):
+                if Path(TRACE).exists() and Path(TRACE).stat().st_size > size:
+                    time.sleep(2.0)
+                    break
+                time.sleep(0.5)
         steady = [s for s in samples if s["t_s"] >= WARMUP * SECONDS] or samples
         xs = [float(s["t_s"]) for s in steady]
         rss = [float(s["rss_mb"]) for s in steady]
