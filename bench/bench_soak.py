@@ -39,12 +39,18 @@ SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "1800"))
 AGENTS = int(os.environ.get("BENCH_SOAK_AGENTS", "2000"))
 WARMUP = float(os.environ.get("BENCH_SOAK_WARMUP", "0.2"))
 TRACE = os.environ.get("BENCH_SOAK_TRACEMALLOC", "")
+#: run the controller through the wrapper below (without tracemalloc when TRACE is
+#: unset) and, at the end, ask glibc to return freed memory (malloc_trim): how much of
+#: the RSS is memory freed but kept by the allocator rather than held
+TRIM = os.environ.get("BENCH_SOAK_TRIM", "") == "1"
 
 # the controller under tracemalloc: SIGUSR1 takes a snapshot; the first is the base,
 # each later one appends the top growth against it to $SOAK_TRACE_OUT
 _TRACED = """
-import gc, os, runpy, signal, sys, tracemalloc
-tracemalloc.start(8)
+import ctypes, gc, os, runpy, signal, sys, tracemalloc
+if os.environ.get("SOAK_TRACE_OUT"):
+    tracemalloc.start(8)
+signal.signal(signal.SIGUSR2, lambda *_: ctypes.CDLL("libc.so.6").malloc_trim(0))
 base = []
 def dump(signum, frame):
     gc.collect()
@@ -83,13 +89,14 @@ def _slope_per_hour(xs: list[float], ys: list[float]) -> float:
 
 
 def _start(etcd_url: str, address: str) -> subprocess.Popen[str]:
-    if not TRACE:
+    if not TRACE and not TRIM:
         return bc._start_controller(etcd_url, address, f"/soak-{os.getpid()}/")
     ctl = subprocess.Popen(
         [sys.executable, "-c", _TRACED, "--etcd", etcd_url, "--listen", address,
          "--key-root", f"/soak-{os.getpid()}/", "--ping-interval", "10", "--insecure"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=bc.TREE,
-        env={**bc._env(), "SOAK_TRACE_OUT": TRACE}, preexec_fn=bc._pin(bc.CTL_CPUS),
+        env={**bc._env(), "SOAK_TRACE_OUT": TRACE} if TRACE else bc._env(),
+        preexec_fn=bc._pin(bc.CTL_CPUS),
     )  # fmt: skip
     assert ctl.stdout is not None
     if "listening" not in ctl.stdout.readline():
@@ -147,6 +154,12 @@ def soak(etcd_url: str) -> dict[str, Any]:
                     time.sleep(2.0)
                     break
                 time.sleep(0.5)
+        trim: dict[str, float] = {}
+        if TRIM:
+            trim["rss_before_mb"] = round(bc._rss(ctl.pid) / 2**20, 1)
+            ctl.send_signal(signal.SIGUSR2)
+            time.sleep(3.0)
+            trim["rss_after_malloc_trim_mb"] = round(bc._rss(ctl.pid) / 2**20, 1)
         steady = [s for s in samples if s["t_s"] >= WARMUP * SECONDS] or samples
         xs = [float(s["t_s"]) for s in steady]
         rss = [float(s["rss_mb"]) for s in steady]
@@ -161,6 +174,7 @@ def soak(etcd_url: str) -> dict[str, Any]:
                 "fds_min_max": [min(fds), max(fds)],
                 "fds_per_hour_slope": round(_slope_per_hour(xs, fds), 1),
             },
+            "malloc_trim": trim,
             "samples": samples,
         }
     finally:
