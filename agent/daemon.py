@@ -196,6 +196,9 @@ class Daemon:
         self.applied: Applied | None = None
         self.policy_error: str | None = None
         self.directory: list[NodeInfo] = []
+        # the controller's version of ``directory`` (0: none), saved with it so that a
+        # restarted agent resumes it and gets only the changes (agent/stream.py)
+        self.directory_version = 0
         self.file_secrets: dict[str, bytes] = {}  # --secrets
         # from the controller: this node's own secrets only (docs/security.md "Secrets")
         self.delivered: dict[str, bytes] = {}
@@ -647,6 +650,7 @@ class Daemon:
                 NodeInfo(n["name"], tuple(_ip(a) for a in n["addresses"]), dict(n["labels"]))
                 for n in data.get("directory", [])
             ]
+            self.directory_version = int(data.get("directory_version", 0))
             self.delivered = {k: bytes.fromhex(v) for k, v in data.get("secrets", {}).items()}
             await self.apply(
                 data["text"],
@@ -675,6 +679,7 @@ class Daemon:
                 }
                 for n in self.directory
             ],
+            "directory_version": self.directory_version,
             # this node's own secrets, so that a restart without the controller brings
             # its connections up (the file is 0600, like the node's key)
             "secrets": {k: v.hex() for k, v in self.delivered.items()},
@@ -761,6 +766,10 @@ class Daemon:
                 self.controller_revision = ev.current_revision
                 self._health_sent = None  # the new stream hears our health at once
             elif isinstance(ev, DirectoryReceived):
+                self.directory_version = ev.version
+                if not (ev.whole or ev.changed or ev.removed):
+                    self._save_last_applied()  # the same nodes under a new version number
+                    return
                 self.directory = [
                     NodeInfo(n.name, tuple(_ip(a) for a in n.addresses), dict(n.labels))
                     for n in ev.nodes
@@ -799,6 +808,15 @@ class Daemon:
         )
         last = self.applied.revision if self.applied is not None else 0
         sha = self.applied.sha256 if self.applied is not None else ""
+        saved_directory = (
+            self.directory_version,
+            [
+                types_pb2.NodeEntry(
+                    name=n.name, addresses=[str(a) for a in n.addresses], labels=dict(n.labels)
+                )
+                for n in self.directory
+            ],
+        )
         stream = AgentStream(
             list(self.opts.controllers),
             ident,
@@ -808,6 +826,7 @@ class Daemon:
             last_revision=last,
             last_sha256=sha,
             credentials=credentials,
+            directory=saved_directory if self.directory_version else None,
         )
         self.stream = stream
         await stream.run()

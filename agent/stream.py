@@ -7,10 +7,18 @@
     await stream.close()
 
 * Failover: the controller addresses are tried in turn; a lost stream reconnects to
-  the next one with exponential backoff (``backoff_initial`` .. ``backoff_max``).
+  the next one with exponential backoff (``backoff_initial`` .. ``backoff_max``), each
+  delay drawn uniformly between 0 and the current backoff ("full jitter"), so that
+  thousands of agents losing one controller at once come back spread out.
 * Resume: the hello carries the last revision acknowledged as applied (and its
   sha256); the controller then sends only what was missed — nothing when nothing
   was missed — instead of a full snapshot.
+* Node directory (capability ``directory``): the whole directory once, then per-node
+  changes (``NodeDirectoryDelta``) applied to the directory held here
+  (:class:`ipsecd.directory.Directory`); the hello carries its version and digest, so
+  a reconnecting agent (or one started with ``directory=`` from its saved state) gets
+  only what changed.  A change that does not apply (another base version, another
+  digest afterwards) drops the directory and reconnects for the whole one.
 * Keepalive: gRPC HTTP/2 keepalive pings on the channel, and the controller's app
   pings (answered with pongs); when nothing arrives for ``idle_timeout`` seconds the
   stream is considered half-open and is replaced.
@@ -39,6 +47,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ipsecd.directory import Directory, DirectoryMismatch
 from ipsecd.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 __all__ = [
@@ -93,10 +102,17 @@ class PolicyReceived:
 
 @dataclass(frozen=True, slots=True)
 class DirectoryReceived:
-    """The node directory (only with the ``directory`` capability)."""
+    """The node directory (only with the ``directory`` capability): ``nodes`` is always
+    the whole directory after the change, sorted by name (empty only with
+    ``AgentStream(directory_list=False)``); ``whole`` when the controller sent all of
+    it, else ``changed`` and ``removed`` name what the delta changed (both empty: the
+    same directory under a new version number)."""
 
     version: int
     nodes: tuple[types_pb2.NodeEntry, ...]
+    whole: bool = True
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +160,10 @@ class _IdleTimeout(Exception):
     pass
 
 
+class _DirectoryResync(Exception):
+    """A directory change did not apply: reconnect without a directory."""
+
+
 class AgentStream:
     """One agent's stream to the controller replicas (see the module docstring)."""
 
@@ -162,6 +182,8 @@ class AgentStream:
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
         channel_options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS,
+        directory: tuple[int, Sequence[types_pb2.NodeEntry]] | None = None,
+        directory_list: bool = True,
     ) -> None:
         if not controllers:
             raise ValueError("AgentStream needs at least one controller address")
@@ -177,6 +199,14 @@ class AgentStream:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.channel_options = list(channel_options)
+        # the directory held (version 0: none); ``directory`` is a saved one to resume
+        self.directory = Directory()
+        if directory is not None and directory[0] > 0:
+            self.directory.replace(directory[0], directory[1])
+        # False (simulated agents of tests and benchmarks): no entries are kept, only the
+        # version and the digest the controller announced; events carry no list
+        self.directory_list = directory_list
+        self._announced = b""  # that digest (directory_list=False)
         self.connects = 0  # streams established so far
         self.address = ""  # controller address of the current stream ("" when down)
         self._shas: dict[int, str] = {}
@@ -201,6 +231,8 @@ class AgentStream:
                 reason = "controller closed the stream"
             except _IdleTimeout:
                 reason = f"nothing received for {self.idle_timeout:.0f}s (half-open stream)"
+            except _DirectoryResync as exc:
+                reason = f"{exc}; reconnecting for the whole node directory"
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
             except (OSError, grpc.aio.UsageError) as exc:
@@ -221,7 +253,7 @@ class AgentStream:
                 backoff = self.backoff_initial
             _log.info("stream to %s ended: %s", address, reason)
             self._index += 1  # fail over to the next controller
-            delay = backoff * (0.5 + random.random() / 2)
+            delay = backoff * random.random()  # full jitter: spread a reconnect storm
             backoff = min(backoff * 2, self.backoff_max)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
@@ -279,16 +311,20 @@ class AgentStream:
 
     def _hello(self) -> agent_pb2.AgentMessage:
         ident = self.identity
-        return agent_pb2.AgentMessage(
-            hello=agent_pb2.Hello(
-                node=ident.node,
-                addresses=list(ident.addresses),
-                labels=dict(ident.labels),
-                capabilities=list(ident.capabilities),
-                last_revision=self.last_revision,
-                last_sha256=self.last_sha256,
-            )
+        hello = agent_pb2.Hello(
+            node=ident.node,
+            addresses=list(ident.addresses),
+            labels=dict(ident.labels),
+            capabilities=list(ident.capabilities),
+            last_revision=self.last_revision,
+            last_sha256=self.last_sha256,
         )
+        if "directory" in ident.capabilities and self.directory.version:
+            hello.directory_version = self.directory.version
+            hello.directory_digest = (
+                self.directory.digest() if self.directory_list else self._announced
+            )
+        return agent_pb2.AgentMessage(hello=hello)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         creds = self.credentials
@@ -377,6 +413,8 @@ class AgentStream:
             )
         elif kind == "directory":
             await self._directory(msg.directory)
+        elif kind == "directory_delta":
+            await self._directory_delta(msg.directory_delta)
         elif kind == "secrets_changed":
             await self.on_event(SecretsChanged(msg.secrets_changed.generation))
         elif kind == "crl":
@@ -392,7 +430,39 @@ class AgentStream:
         )
 
     async def _directory(self, d: agent_pb2.NodeDirectory) -> None:
+        if not self.directory_list:
+            self.directory.version, self._announced = d.version, d.digest
+            await self.on_event(DirectoryReceived(d.version, ()))
+            return
+        self.directory.replace(d.version, d.nodes)
+        if d.digest and d.digest != self.directory.digest():
+            _log.warning(
+                "the node directory at version %d does not have the digest the controller "
+                "announced; keeping it (it is whole) without resuming it later",
+                d.version,
+            )
+            self.directory.version = 0
         await self.on_event(DirectoryReceived(d.version, tuple(d.nodes)))
+
+    async def _directory_delta(self, d: agent_pb2.NodeDirectoryDelta) -> None:
+        changed = tuple(e.name for e in d.changed)
+        try:
+            if self.directory_list:
+                self.directory.apply_delta(
+                    d.base_version, d.version, d.changed, d.removed, d.digest
+                )
+            elif d.base_version != self.directory.version:
+                raise DirectoryMismatch(
+                    f"a directory change from version {d.base_version} arrived, but the "
+                    f"directory held is at version {self.directory.version}"
+                )
+            else:
+                self.directory.version, self._announced = d.version, d.digest
+        except DirectoryMismatch as exc:
+            self.directory = Directory()  # unusable: the next hello asks for the whole
+            raise _DirectoryResync(str(exc)) from None
+        nodes = tuple(self.directory.nodes()) if self.directory_list else ()
+        await self.on_event(DirectoryReceived(d.version, nodes, False, changed, tuple(d.removed)))
 
     async def _report_loop(self) -> None:
         assert self.status_interval

@@ -72,7 +72,9 @@ async def _serve(style: str, port_q: Any, done: Any) -> None:
     await server.stop(0)
 
 
-def _server_main(style: str, port_q: Any, done: Any) -> None:
+def _server_main(style: str, port_q: Any, done: Any, cpus: set[int] | None = None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     asyncio.run(_serve(style, port_q, done))
 
@@ -97,15 +99,21 @@ async def _clients(port: int, n: int, ready_q: Any, done: Any) -> None:
         await ch.close()
 
 
-def _client_main(port: int, n: int, ready_q: Any, done: Any) -> None:
+def _client_main(port: int, n: int, ready_q: Any, done: Any, cpus: set[int] | None = None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     asyncio.run(_clients(port, n, ready_q, done))
 
 
-def measure(style: str, n: int) -> float:
+def measure(
+    style: str, n: int, server_cpus: set[int] | None = None, client_cpus: set[int] | None = None
+) -> float:
+    """Server KB per client; ``server_cpus``/``client_cpus`` pin the processes (the
+    controller benchmark runs it on the controller's core)."""
     ctx = mp.get_context("spawn")
     port_q, ready_q, done = ctx.Queue(), ctx.Queue(), ctx.Event()
-    srv = ctx.Process(target=_server_main, args=(style, port_q, done))
+    srv = ctx.Process(target=_server_main, args=(style, port_q, done, server_cpus))
     srv.start()
     clients: list[Any] = []
     try:
@@ -113,7 +121,7 @@ def measure(style: str, n: int) -> float:
         time.sleep(1)
         idle = _rss_kb(srv.pid)  # type: ignore[arg-type]
         clients = [
-            ctx.Process(target=_client_main, args=(port, n // WORKERS, ready_q, done))
+            ctx.Process(target=_client_main, args=(port, n // WORKERS, ready_q, done, client_cpus))
             for _ in range(WORKERS)
         ]
         for p in clients:

@@ -283,6 +283,9 @@ class EtcdStore:
         #: operations that failed, by kind (Failure values, gave-up, outcome-unknown):
         #: metrics (controller/metrics.py)
         self.failures: Counter[str] = Counter()
+        #: operations asked of etcd (not attempts), by name (get, get_prefix, put_many,
+        #: ...): metrics, and the reconnect-storm figures of bench/bench_controller.py
+        self.requests: Counter[str] = Counter()
         self._client = Etcd3Client(
             self.endpoints,
             rpc_max_attempts=1,  # we retry ourselves, and never a write blindly
@@ -416,6 +419,7 @@ class EtcdStore:
     ) -> T:
         """Run ``attempt(timeout)`` until it succeeds, a non-transient error, or the
         deadline.  For idempotent operations only (reads, puts, deletes)."""
+        self.requests[op] += 1
         started = time.monotonic()
         if deadline is None:
             deadline = operation_deadline(self.retry_budget, now=started)

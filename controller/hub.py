@@ -12,6 +12,13 @@ Every message is a ``ControllerMessage`` serialized ONCE into ``bytes``; the age
 stream's gRPC response serializer passes bytes through, so the same object is written
 to every stream.
 
+The node directory goes as deltas (:class:`DirectoryFeed`): each change of the
+directory is one ``NodeDirectoryDelta`` (the entries added or changed, the names
+removed), serialized once and kept in a bounded log.  A stream holds no directory
+message of its own, only the version it has sent; its writer takes the next delta
+from the feed when it gets there, or the whole directory when the stream's version is
+no longer in the log (or the deltas it lacks would be larger than the whole).
+
 A stream that stops reading: gRPC's ``write`` returns once the message is handed to
 HTTP/2, until the peer's flow-control window and the socket buffers are full (several
 MiB on loopback, measured by bench/bench_controller.py); from then on the one write in
@@ -29,17 +36,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controller.revisions import Revision
+from ipsecd.directory import Directory
 from ipsecd.v1 import agent_pb2, types_pb2
 
-__all__ = ["CONTROL_SLOTS", "Hub", "Published", "Sink", "StreamState"]
+__all__ = [
+    "CONTROL_SLOTS",
+    "NEEDS_WHOLE",
+    "DirectoryFeed",
+    "Hub",
+    "Published",
+    "Sink",
+    "StreamState",
+]
 
 _log = logging.getLogger(__name__)
 
 CONTROL_SLOTS = 8
+
+#: a stream's directory version when it must get the whole directory next
+NEEDS_WHOLE = -1
+#: deltas kept for streams that lag: at most this many, and at most twice the bytes of
+#: the whole directory (a lag beyond that costs less as the whole directory)
+DIRECTORY_LOG_ENTRIES = 4096
+DIRECTORY_LOG_MIN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +75,36 @@ class Published:
     sha256: str
     message: agent_pb2.PolicyRevision = field(repr=False)
     update_bytes: bytes = field(repr=False)
+
+
+class SendTotals:
+    """Messages and bytes written to this replica's agent streams, and how long the
+    newest revision took to be taken by every stream (metrics, the benchmark: the
+    controller's own part of push -> ack)."""
+
+    __slots__ = ("bytes", "fanout_left", "fanout_seconds", "fanout_start", "messages", "tracked")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.messages = 0
+        self.tracked: bytes | None = None  # the revision's update being fanned out
+        self.fanout_left = 0
+        self.fanout_start = 0.0
+        self.fanout_seconds = 0.0  # of the last fan-out every stream took
+
+    def track(self, data: bytes, streams: int) -> None:
+        self.tracked, self.fanout_left, self.fanout_start = data, streams, time.monotonic()
+        if not streams:
+            self.tracked, self.fanout_seconds = None, 0.0
+
+    def written(self, data: bytes) -> None:
+        self.messages += 1
+        self.bytes += len(data)
+        if data is self.tracked:
+            self.fanout_left -= 1
+            if self.fanout_left <= 0:
+                self.tracked = None
+                self.fanout_seconds = time.monotonic() - self.fanout_start
 
 
 class Sink(Protocol):
@@ -70,6 +125,7 @@ class StreamState:
     __slots__ = (
         "closed",
         "control",
+        "dir_feed",
         "directory",
         "first",
         "forget",
@@ -77,7 +133,6 @@ class StreamState:
         "killed",
         "last_rx",
         "node",
-        "pending_dir",
         "pending_policy",
         "reason",
         "sent_dir_version",
@@ -85,6 +140,7 @@ class StreamState:
         "serial",
         "sink",
         "task",
+        "totals",
         "write_since",
         "writer",
     )
@@ -93,9 +149,11 @@ class StreamState:
         self.node = node
         self.directory = directory
         self.sent_rev = sent_rev
-        self.sent_dir_version = 0
+        # the directory version this stream's agent has once everything written so far
+        # has arrived (NEEDS_WHOLE: the whole directory goes next)
+        self.sent_dir_version = NEEDS_WHOLE
         self.pending_policy: tuple[int, bytes] | None = None
-        self.pending_dir: tuple[int, bytes] | None = None
+        self.dir_feed: DirectoryFeed | None = None  # set by offer_directory
         self.control: list[bytes] = []  # at most CONTROL_SLOTS (a deque costs ~600 B more)
         self.last_rx = time.monotonic()
         self.closed = False
@@ -109,6 +167,7 @@ class StreamState:
         self.reason = ""  # why the controller ended the stream ("" when it did not)
         self.serial: int | None = None  # the agent's certificate serial (mTLS)
         self.forget = False  # the node was removed: no last registry record when it ends
+        self.totals: SendTotals | None = None  # the hub's, set by Hub.add
 
     def stalled_for(self, now: float) -> float:
         """Seconds the write in progress has been pending (0 when none is)."""
@@ -119,8 +178,9 @@ class StreamState:
         total = self.inflight + sum(len(c) for c in self.control)
         if self.pending_policy is not None:
             total += len(self.pending_policy[1])
-        if self.pending_dir is not None:
-            total += len(self.pending_dir[1])
+        nxt = self._next_directory(peek=True)
+        if nxt is not None:
+            total += len(nxt)
         return total
 
     async def write_tracked(self, sink: Sink, data: bytes) -> None:
@@ -132,16 +192,32 @@ class StreamState:
         finally:
             self.write_since = 0.0
             self.inflight = 0
+        if self.totals is not None:
+            self.totals.written(data)
 
     def offer_policy(self, revision: int, data: bytes) -> None:
         if revision > self.sent_rev:
             self.pending_policy = (revision, data)  # replaces an unsent older one
             self._kick()
 
-    def offer_directory(self, version: int, data: bytes) -> None:
-        if self.directory and version > self.sent_dir_version:
-            self.pending_dir = (version, data)
-            self._kick()
+    def offer_directory(self, feed: DirectoryFeed) -> None:
+        """The directory changed (or is there to be sent): the writer takes what this
+        stream lacks from ``feed`` when it gets to it."""
+        if self.directory:
+            self.dir_feed = feed
+            if feed.published and feed.version != self.sent_dir_version:
+                self._kick()
+
+    def _next_directory(self, *, peek: bool = False) -> bytes | None:
+        feed = self.dir_feed
+        if feed is None or feed.version == self.sent_dir_version:
+            return None
+        nxt = feed.next_for(self.sent_dir_version)
+        if nxt is None:
+            return None
+        if not peek:
+            self.sent_dir_version = nxt[0]
+        return nxt[1]
 
     def offer_control(self, data: bytes) -> None:
         control = self.control
@@ -162,12 +238,8 @@ class StreamState:
             if revision > self.sent_rev:
                 self.sent_rev = revision
                 return data
-        if self.pending_dir is not None:
-            version, data = self.pending_dir
-            self.pending_dir = None
-            if version > self.sent_dir_version:
-                self.sent_dir_version = version
-                return data
+        if self.directory:
+            return self._next_directory()
         return None
 
     def attach(self, sink: Sink, first: list[bytes] | None = None) -> None:
@@ -231,6 +303,116 @@ class StreamState:
         self.sink = None
 
 
+class DirectoryFeed:
+    """The node directory as this replica sends it (see the module docstring).
+
+    ``version`` is the etcd revision the directory was last changed at, so replicas
+    sharing an etcd number the same content alike; the digest
+    (:class:`ipsecd.directory.Directory`) is what decides whether an agent's directory
+    can be resumed."""
+
+    def __init__(self) -> None:
+        self.dir = Directory()
+        self.published = False
+        self.deltas = 0  # deltas serialized (one per change, whatever the streams): tests
+        # the log: base version -> (version, delta bytes, log bytes before it, digest at base)
+        self._by_base: dict[int, tuple[int, bytes, int, bytes]] = {}
+        self._order: deque[int] = deque()  # base versions, oldest first
+        self._log_start = 0  # log bytes before the oldest delta kept
+        self._log_end = 0  # log bytes after the newest delta
+        self._sizes: dict[str, int] = {}  # serialized size of each entry
+        self._whole_size = 0
+        self._whole: tuple[int, bytes] | None = None
+        self._message: tuple[int, agent_pb2.NodeDirectory] | None = None
+
+    @property
+    def version(self) -> int:
+        return self.dir.version
+
+    def digest(self) -> bytes:
+        return self.dir.digest()
+
+    def update(
+        self, changes: Mapping[str, types_pb2.NodeEntry | None], version: int | None = None
+    ) -> bool:
+        d = self.dir
+        changed = [e for e in changes.values() if e is not None and not d.same(e)]
+        removed = sorted(n for n, e in changes.items() if e is None and n in d.entries)
+        if self.published and not changed and not removed:
+            return False
+        base, digest_at_base = d.version, d.digest()
+        new = max(version or 0, base + 1)
+        changed.sort(key=lambda e: e.name)
+        d.change(new, changed, removed)
+        for entry in changed:
+            size = entry.ByteSize() + 3  # the repeated field's tag and length
+            self._whole_size += size - self._sizes.get(entry.name, 0)
+            self._sizes[entry.name] = size
+        for name in removed:
+            self._whole_size -= self._sizes.pop(name, 0)
+        delta = agent_pb2.NodeDirectoryDelta(
+            base_version=base, version=new, changed=changed, removed=removed, digest=d.digest()
+        )
+        data = agent_pb2.ControllerMessage(directory_delta=delta).SerializeToString()
+        self.deltas += 1
+        self.published = True
+        self._by_base[base] = (new, data, self._log_end, digest_at_base)
+        self._order.append(base)
+        self._log_end += len(data)
+        limit = max(DIRECTORY_LOG_MIN_BYTES, 2 * self._whole_size)
+        while self._order and (
+            len(self._order) > DIRECTORY_LOG_ENTRIES or self._log_end - self._log_start > limit
+        ):
+            oldest = self._order.popleft()
+            _, old_data, _, _ = self._by_base.pop(oldest)
+            self._log_start += len(old_data)
+        return True
+
+    def resumable(self, version: int, digest: bytes) -> bool:
+        """True when an agent holding ``version`` with ``digest`` can be sent the deltas
+        from there (the log has them and the agent's digest is ours at that version)."""
+        item = self._by_base.get(version)
+        return item is not None and item[3] == digest
+
+    def next_for(self, have: int) -> tuple[int, bytes] | None:
+        """What a stream at directory version ``have`` gets next: ``(version, bytes)``
+        of the next delta, or of the whole directory when ``have`` is not in the log or
+        the deltas from there are larger than the whole; None when it is up to date."""
+        if not self.published or have == self.dir.version:
+            return None
+        item = self._by_base.get(have)
+        if item is not None:
+            version, data, before, _ = item
+            if self._log_end - before <= self._whole_size + 64:
+                return version, data
+        return self.dir.version, self.whole_bytes()
+
+    def message(self) -> agent_pb2.NodeDirectory:
+        cached = self._message
+        if cached is None or cached[0] != self.dir.version:
+            msg = agent_pb2.NodeDirectory(
+                version=self.dir.version, nodes=self.dir.nodes(), digest=self.dir.digest()
+            )
+            cached = self._message = (self.dir.version, msg)
+        return cached[1]
+
+    def whole_bytes(self) -> bytes:
+        cached = self._whole
+        if cached is None or cached[0] != self.dir.version:
+            data = agent_pb2.ControllerMessage(directory=self.message()).SerializeToString()
+            cached = self._whole = (self.dir.version, data)
+        return cached[1]
+
+    def rebase_bytes(self, have: int) -> bytes:
+        """For an agent whose directory has our digest at another version number (saved,
+        or from another replica): a delta without changes that moves it to ours."""
+        return agent_pb2.ControllerMessage(
+            directory_delta=agent_pb2.NodeDirectoryDelta(
+                base_version=have, version=self.dir.version, digest=self.dir.digest()
+            )
+        ).SerializeToString()
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task()
@@ -255,9 +437,8 @@ class Hub:
         self.replica_id = replica_id
         self.streams: dict[str, StreamState] = {}
         self.latest: Published | None = None
-        self.directory_version = 0
-        self.directory_bytes: bytes | None = None
-        self.directory_message = agent_pb2.NodeDirectory()
+        self.feed = DirectoryFeed()
+        self.sent = SendTotals()
         self.serializations = 0  # policy updates serialized (one per revision): for tests
         self.crl_number = 0
         self.crl_bytes: bytes | None = None  # the newest CRL as a ControllerMessage
@@ -281,6 +462,7 @@ class Hub:
             self.held = previous  # the revision pinned nodes stay on
         self.latest = Published(rev.revision, rev.sha256, msg, data)
         self._snapshot_cache.clear()
+        self.sent.track(data, len(self.streams))
         for stream in self.streams.values():
             self._offer_target(stream)
         return True
@@ -350,16 +532,43 @@ class Hub:
         if target is not None:
             stream.offer_policy(target.revision, target.update_bytes)
 
-    def publish_directory(self, nodes: list[types_pb2.NodeEntry]) -> None:
-        self.directory_version += 1
-        self.directory_message = agent_pb2.NodeDirectory(
-            version=self.directory_version, nodes=nodes
-        )
-        data = agent_pb2.ControllerMessage(directory=self.directory_message).SerializeToString()
-        self.directory_bytes = data
+    @property
+    def directory_version(self) -> int:
+        return self.feed.version
+
+    @property
+    def directory_message(self) -> agent_pb2.NodeDirectory:
+        """The whole directory (built once per version, when someone needs it)."""
+        return self.feed.message()
+
+    @property
+    def directory_bytes(self) -> bytes | None:
+        """The whole directory as a ``ControllerMessage`` (None before the first one)."""
+        return self.feed.whole_bytes() if self.feed.published else None
+
+    def publish_directory(
+        self, nodes: Iterable[types_pb2.NodeEntry], version: int | None = None
+    ) -> bool:
+        """The whole directory: sent as the changes from the one streams have."""
+        changes: dict[str, types_pb2.NodeEntry | None] = dict.fromkeys(self.feed.dir.entries)
+        for entry in nodes:
+            changes[entry.name] = entry
+        return self.publish_directory_changes(changes, version)
+
+    def publish_directory_changes(
+        self, changes: Mapping[str, types_pb2.NodeEntry | None], version: int | None = None
+    ) -> bool:
+        """Entries added or changed (name -> entry) and removed (name -> None), at
+        ``version`` (the etcd revision they come from; default: the next number).
+        Entries equal to what the directory holds are left out; False when nothing
+        changed."""
+        if not self.feed.update(changes, version):
+            return False
         self._snapshot_cache.clear()
+        feed = self.feed
         for stream in self.streams.values():
-            stream.offer_directory(self.directory_version, data)
+            stream.offer_directory(feed)
+        return True
 
     def publish_crl(self, number: int, pem_data: bytes) -> bool:
         """Send the cluster CA's CRL to every stream (and to new ones after their
@@ -380,14 +589,14 @@ class Hub:
         ``policy``: the revision the node is targeted at (default: the newest)."""
         policy = policy if policy is not None else self.latest
         rev = policy.revision if policy else 0
-        key = (rev, self.directory_version if with_directory else 0, with_directory)
+        key = (rev, self.feed.version if with_directory else 0, with_directory)
         data = self._snapshot_cache.get(key)
         if data is None:
             snap = agent_pb2.Snapshot(controller=self.replica_id)
             if policy is not None:
                 snap.policy.CopyFrom(policy.message)
             if with_directory:
-                snap.directory.CopyFrom(self.directory_message)
+                snap.directory.CopyFrom(self.feed.message())
             data = agent_pb2.ControllerMessage(snapshot=snap).SerializeToString()
             self._snapshot_cache[key] = data
         return data
@@ -402,6 +611,7 @@ class Hub:
         """Register ``stream``; returns the older stream of the same node, if any."""
         old = self.streams.get(stream.node)
         self.streams[stream.node] = stream
+        stream.totals = self.sent
         return old
 
     def remove(self, stream: StreamState) -> bool:

@@ -81,6 +81,11 @@ class ControllerMetrics:
         self._connected[node] = time.monotonic()
         self.connects["resume" if resumed else "snapshot"] += 1
 
+    def disconnected(self, node: str) -> None:
+        """The node's stream left this replica (else, with nodes coming and going under
+        new names, the connect times would pile up: the soak run found it)."""
+        self._connected.pop(node, None)
+
     def acked(self, node: str, revision: int, ok: bool) -> None:
         self.acks["ok" if ok else "failed"] += 1
         if not ok:
@@ -147,6 +152,22 @@ class ControllerMetrics:
             "Agent streams dropped because one write stayed pending (--stream-drain-timeout)",
             value=c.dropped_stalled,
         )
+        sent = CounterMetricFamily(
+            "ipsecd_controller_stream_sent_bytes",
+            "Bytes of messages written to agent streams (before HTTP/2 framing)",
+            value=c.hub.sent.bytes,
+        )
+        fanout = GaugeMetricFamily(
+            "ipsecd_controller_fanout_seconds",
+            "From the newest revision becoming current on this replica until every stream "
+            "had taken it (handed to gRPC), for the last revision that got that far",
+            value=c.hub.sent.fanout_seconds,
+        )
+        directory = GaugeMetricFamily(
+            "ipsecd_controller_directory_version",
+            "Version of the node directory as this replica sends it (an etcd revision)",
+            value=c.hub.directory_version,
+        )
         acks = CounterMetricFamily(
             "ipsecd_controller_acks",
             "Acks from agents on this replica: ok (revision applied) or failed (refused)",
@@ -162,6 +183,9 @@ class ControllerMetrics:
             pending,
             connects,
             dropped,
+            sent,
+            fanout,
+            directory,
             acks,
             *self._nodes(current),
             *self._etcd(),
@@ -215,6 +239,15 @@ class ControllerMetrics:
             "transient (a watch), gave-up (retry budget spent), outcome-unknown",
             labels=["kind"],
         )
+        requests = CounterMetricFamily(
+            "ipsecd_controller_etcd_requests",
+            "etcd operations asked by this replica (not counting retries), by operation",
+            labels=["op"],
+        )
+        asked = getattr(store, "requests", None)
+        if isinstance(asked, Counter):
+            for op, count in sorted(asked.items()):
+                requests.add_metric([op], count)
         n = getattr(store, "retries", None)
         if isinstance(n, int):
             retries.add_metric([], n)
@@ -230,4 +263,4 @@ class ControllerMetrics:
             )
             for kind in kinds:
                 failures.add_metric([kind], counts[kind])
-        return [retries, failures]
+        return [retries, failures, requests]

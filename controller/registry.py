@@ -97,7 +97,10 @@ class NodeView:
         self.records: dict[str, dict[str, Any]] = {}
         self.conns: dict[str, dict[str, Any]] = {}
         self.replicas: dict[str, dict[str, Any]] = {}
-        self.directory_changed = False
+        # names whose directory entry (addresses, labels) may have changed since the
+        # last take_directory_changes(), and the newest etcd revision seen
+        self.dir_dirty: set[str] = set()
+        self.revision = 0
         # Node records this replica has just written, by key: (bytes, record).  When the
         # watch brings the same bytes back, the record is taken as is instead of parsed
         # again — with 5,000 acks per push that is 5,000 ``json.loads`` saved, and the
@@ -109,25 +112,44 @@ class NodeView:
         """``record`` (never mutated afterwards) is about to be written as ``data``."""
         self._echo[key] = (data, record)
 
-    def load(self, nodes: list[tuple[str, bytes]], conns: list[tuple[str, bytes]]) -> None:
+    @property
+    def directory_changed(self) -> bool:
+        return bool(self.dir_dirty)
+
+    def load(
+        self, nodes: list[tuple[str, bytes]], conns: list[tuple[str, bytes]], revision: int = 0
+    ) -> None:
+        """Everything again (a resync): every name before and after may have changed;
+        the directory feed sends only what did."""
+        self.dir_dirty.update(self.records)
         self.records.clear()
         self.conns.clear()
         self._echo.clear()
         for key, value in nodes:
-            self.apply(WatchEvent(key, value, 0))
+            self.apply(WatchEvent(key, value, revision))
         for key, value in conns:
-            self.apply(WatchEvent(key, value, 0))
-        self.directory_changed = True
+            self.apply(WatchEvent(key, value, revision))
+
+    def take_directory_changes(self) -> dict[str, types_pb2.NodeEntry | None]:
+        """The entries of the names changed since the last call (None: removed)."""
+        out: dict[str, types_pb2.NodeEntry | None] = {}
+        for name in self.dir_dirty:
+            rec = self.records.get(name)
+            out[name] = None if rec is None else _entry(name, rec)
+        self.dir_dirty.clear()
+        return out
 
     def apply(self, event: WatchEvent) -> None:
         key = event.key
+        if event.mod_revision > self.revision:
+            self.revision = event.mod_revision
         if key.startswith(self.keys.nodes):
             name = key[len(self.keys.nodes) :]
             old = self.records.get(name)
             echo = self._echo.pop(key, None)
             if event.value is None:
-                self.records.pop(name, None)
-                self.directory_changed = True
+                if self.records.pop(name, None) is not None:
+                    self.dir_dirty.add(name)
                 return
             if echo is not None and echo[0] == event.value:
                 rec = echo[1]  # our own write coming back: same bytes, same record
@@ -139,7 +161,7 @@ class NodeView:
                     return
             self.records[name] = rec
             if old is None or _entry_key(old) != _entry_key(rec):
-                self.directory_changed = True
+                self.dir_dirty.add(name)
         elif key.startswith(self.keys.conns):
             name = key[len(self.keys.conns) :]
             if event.value is None:
@@ -160,12 +182,7 @@ class NodeView:
                 self.replicas[rid] = json.loads(event.value)
 
     def directory(self) -> list[types_pb2.NodeEntry]:
-        return [
-            types_pb2.NodeEntry(
-                name=name, addresses=rec.get("addresses", []), labels=rec.get("labels", {})
-            )
-            for name, rec in sorted(self.records.items())
-        ]
+        return [_entry(name, rec) for name, rec in sorted(self.records.items())]
 
     def node_info(self, name: str, live: dict[str, int]) -> status_pb2.NodeInfo | None:
         rec = self.records.get(name)
@@ -182,6 +199,12 @@ class NodeView:
             status=types_pb2.NodeStatus(**st),
             last_seen_unix_ms=max(int(rec.get("last_seen_unix_ms", 0)), live.get(name, 0)),
         )
+
+
+def _entry(name: str, rec: dict[str, Any]) -> types_pb2.NodeEntry:
+    return types_pb2.NodeEntry(
+        name=name, addresses=rec.get("addresses", []), labels=rec.get("labels", {})
+    )
 
 
 def _copy_record(rec: dict[str, Any]) -> dict[str, Any]:

@@ -70,7 +70,7 @@ from controller.errors import (
     StoreUnavailable,
     ValidatorUnavailable,
 )
-from controller.hub import Hub, StreamState
+from controller.hub import NEEDS_WHOLE, Hub, StreamState
 from controller.joining import DEFAULT_NODE_LIFETIME, NodeIdentities, crl_number
 from controller.keys import Keys
 from controller.limits import (
@@ -612,6 +612,7 @@ class Controller:
         self._query_ids = itertools.count(1)
         self._campaign = asyncio.Event()
         self._sha_cache: dict[int, str] = {}
+        self._sha_reads: dict[int, asyncio.Future[str]] = {}  # reads in flight (single-flight)
         self._stopping = False
         self._ping_bytes = agent_pb2.ControllerMessage(ping=agent_pb2.Ping()).SerializeToString()
         self.dropped_stalled = 0  # streams dropped because a write stayed pending
@@ -774,8 +775,15 @@ class Controller:
         nodes, rev = await self.store.get_prefix(keys.nodes)
         conns, _ = await self.store.get_prefix(keys.conns)
         replicas, _ = await self.store.get_prefix(keys.replicas)
-        self.view.load([(kv.key, kv.value) for kv in nodes], [(kv.key, kv.value) for kv in conns])
+        self.view.load(
+            [(kv.key, kv.value) for kv in nodes], [(kv.key, kv.value) for kv in conns], rev
+        )
         self.view.replicas = {kv.key[len(keys.replicas) :]: json.loads(kv.value) for kv in replicas}
+        # the directory at once (not at the next tick of the directory loop), so that
+        # agents reconnecting to a restarted replica resume theirs instead of waiting
+        # for it, or getting the whole of it
+        if self.view.dir_dirty:
+            self.hub.publish_directory_changes(self.view.take_directory_changes(), rev)
         crl = await self.store.get(keys.crl)
         if crl is not None:
             self._take_crl(crl.value)
@@ -924,9 +932,11 @@ class Controller:
     async def _directory_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.config.directory_interval)
-            if self.view.directory_changed:
-                self.view.directory_changed = False
-                self.hub.publish_directory(self.view.directory())
+            if self.view.dir_dirty:
+                # only the entries that changed, as one delta for every stream
+                self.hub.publish_directory_changes(
+                    self.view.take_directory_changes(), self.view.revision
+                )
 
     async def _ping_loop(self) -> None:
         """Ping every stream once per ``ping_interval``, spread over ten ticks so 5,000
@@ -1055,7 +1065,7 @@ class Controller:
             self._values = {number: values}
         out: dict[str, bytes] = {}
         if values:
-            directory = [_node_info(e) for e in self.hub.directory_message.nodes]
+            directory = [_node_info(e) for e in self.hub.feed.dir.nodes()]
             me = next((n for n in directory if n.name == node), None)
             if me is None:
                 rec = self.view.records.get(node)
@@ -1220,6 +1230,11 @@ class Controller:
             context.set_trailing_metadata((("ipsecd-error", "permission-denied"),))
             await context.abort(exc.code, exc.message)
             return
+        if not self.watch_synced.is_set():
+            # a replica that has just started: admit once it knows the current revision
+            # and the directory (bounded: with etcd down, streams are served without)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.watch_synced.wait(), self.config.hello_timeout)
         stream, initial = await self._admit(hello)
         if self.hub.crl_bytes is not None:
             initial.append(self.hub.crl_bytes)
@@ -1251,6 +1266,8 @@ class Controller:
             stream.detach()
             if self.hub.remove(stream):
                 self.registry.disconnected(stream.node, final=not stream.forget)
+            if stream.node not in self.hub.streams:
+                self.metrics.disconnected(stream.node)
 
     async def _admit(self, hello: agent_pb2.Hello) -> tuple[StreamState, list[bytes]]:
         """Resume when the agent's revision is known (send only what it lacks), else a
@@ -1272,15 +1289,17 @@ class Controller:
         if resume:
             stream = StreamState(hello.node, directory=want_dir, sent_rev=have)
             initial = [hub.resume_bytes()]
-            if want_dir and hub.directory_bytes is not None:
-                stream.offer_directory(hub.directory_version, hub.directory_bytes)
+            if want_dir:
+                initial += self._resume_directory(stream, hello)
             if latest is not None:
                 stream.offer_policy(latest.revision, latest.update_bytes)  # only if newer
         else:
             stream = StreamState(
                 hello.node, directory=want_dir, sent_rev=latest.revision if latest else 0
             )
-            stream.sent_dir_version = hub.directory_version if want_dir else 0
+            if want_dir:
+                stream.sent_dir_version = hub.feed.version
+                stream.offer_directory(hub.feed)
             initial = [hub.snapshot_bytes(want_dir, latest)]
         self.metrics.connected(hello.node, resumed=resume)
         _log.debug(
@@ -1297,18 +1316,53 @@ class Controller:
         self.registry.connected(hello, self.view.records.get(hello.node))
         return stream, initial
 
+    def _resume_directory(self, stream: StreamState, hello: agent_pb2.Hello) -> list[bytes]:
+        """A resumed agent's directory: nothing when it holds ours (or only a version
+        renumbering, when it has our digest under another version: a directory saved
+        before a restart, or from another replica), the deltas since its version when
+        they are still kept, else the whole directory.  Returns the opening messages."""
+        feed = self.hub.feed
+        have, digest = hello.directory_version, hello.directory_digest
+        opening: list[bytes] = []
+        if not feed.published:
+            stream.sent_dir_version = NEEDS_WHOLE
+        elif digest and digest == feed.digest():
+            if have != feed.version:
+                opening.append(feed.rebase_bytes(have))
+            stream.sent_dir_version = feed.version
+        elif digest and feed.resumable(have, digest):
+            stream.sent_dir_version = have
+        else:
+            stream.sent_dir_version = NEEDS_WHOLE
+        stream.offer_directory(feed)
+        return opening
+
     async def _known_sha(self, revision: int) -> str:
-        """sha256 of an older revision (cached; "" when unknown or etcd is down)."""
+        """sha256 of an older revision ("" when unknown or etcd is down).  One etcd read
+        per revision however many agents ask at once (a reconnect storm after a restart
+        brings thousands of hellos with the same revision): the first asker reads, the
+        others await its answer; known answers are cached."""
         latest = self.hub.latest
         if latest is not None and latest.revision == revision:
             return latest.sha256
         sha = self._sha_cache.get(revision)
-        if sha is None:
-            try:
-                sha = (await self.repo.read(revision)).sha256
-            except (StoreUnavailable, RevisionNotFound):
-                return ""
-            self._sha_cache[revision] = sha
+        if sha is not None:
+            return sha
+        pending = self._sha_reads.get(revision)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_sha(revision))
+            self._sha_reads[revision] = pending
+            pending.add_done_callback(lambda _f: self._sha_reads.pop(revision, None))
+        return await asyncio.shield(pending)
+
+    async def _read_sha(self, revision: int) -> str:
+        try:
+            sha = (await self.repo.read(revision)).sha256
+        except (StoreUnavailable, RevisionNotFound):
+            return ""
+        if len(self._sha_cache) >= 1024:
+            self._sha_cache.clear()
+        self._sha_cache[revision] = sha
         return sha
 
     async def _read(self, stream: StreamState, context: Any) -> None:

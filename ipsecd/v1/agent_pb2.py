@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ipsecd.v1 import types_pb2 as ipsecd_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15ipsecd/v1/agent.proto\x12\tipsecd.v1\x1a\x15ipsecd/v1/types.proto\"0\n\x0eSecretsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\x9b\x01\n\x0cSecretsReply\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x35\n\x07secrets\x18\x02 \x03(\x0b\x32$.ipsecd.v1.SecretsReply.SecretsEntry\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xcc\x01\n\x0c\x41gentMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.ipsecd.v1.HelloH\x00\x12\x1d\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0e.ipsecd.v1.AckH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.ipsecd.v1.NodeStatusH\x00\x12(\n\x06\x61nswer\x18\x04 \x01(\x0b\x32\x16.ipsecd.v1.QueryAnswerH\x00\x12\x1f\n\x04pong\x18\x05 \x01(\x0b\x32\x0f.ipsecd.v1.PongH\x00\x42\x06\n\x04kind\"\xc7\x01\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12,\n\x06labels\x18\x03 \x03(\x0b\x32\x1c.ipsecd.v1.Hello.LabelsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x15\n\rlast_revision\x18\x05 \x01(\x04\x12\x13\n\x0blast_sha256\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"F\n\x0bQueryAnswer\x12\x10\n\x08query_id\x18\x01 \x01(\x04\x12%\n\x06status\x18\x02 \x01(\x0b\x32\x15.ipsecd.v1.NodeStatus\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\xdc\x02\n\x11\x43ontrollerMessage\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.ipsecd.v1.SnapshotH\x00\x12)\n\x06update\x18\x02 \x01(\x0b\x32\x17.ipsecd.v1.PolicyUpdateH\x00\x12-\n\tdirectory\x18\x03 \x01(\x0b\x32\x18.ipsecd.v1.NodeDirectoryH\x00\x12!\n\x05query\x18\x04 \x01(\x0b\x32\x10.ipsecd.v1.QueryH\x00\x12\x1f\n\x04ping\x18\x05 \x01(\x0b\x32\x0f.ipsecd.v1.PingH\x00\x12#\n\x06resume\x18\x06 \x01(\x0b\x32\x11.ipsecd.v1.ResumeH\x00\x12\x34\n\x0fsecrets_changed\x18\x07 \x01(\x0b\x32\x19.ipsecd.v1.SecretsChangedH\x00\x12\x1d\n\x03\x63rl\x18\x08 \x01(\x0b\x32\x0e.ipsecd.v1.CrlH\x00\x42\x06\n\x04kind\"p\n\x0ePolicyRevision\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x04 \x01(\x03\x12\x15\n\rpolicy_digest\x18\x05 \x01(\t\"v\n\x08Snapshot\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.ipsecd.v1.PolicyRevision\x12+\n\tdirectory\x18\x02 \x01(\x0b\x32\x18.ipsecd.v1.NodeDirectory\x12\x12\n\ncontroller\x18\x03 \x01(\t\"6\n\x06Resume\x12\x18\n\x10\x63urrent_revision\x18\x01 \x01(\x04\x12\x12\n\ncontroller\x18\x02 \x01(\t\"9\n\x0cPolicyUpdate\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.ipsecd.v1.PolicyRevision\"E\n\rNodeDirectory\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x05nodes\x18\x02 \x03(\x0b\x32\x14.ipsecd.v1.NodeEntry\"\x19\n\x05Query\x12\x10\n\x08query_id\x18\x01 \x01(\x04\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"$\n\x0eSecretsChanged\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"\"\n\x03\x43rl\x12\x0b\n\x03pem\x18\x01 \x01(\x0c\x12\x0e\n\x06number\x18\x02 \x01(\x04\x32\x98\x01\n\x0c\x41gentService\x12\x44\n\x07\x43onnect\x12\x17.ipsecd.v1.AgentMessage\x1a\x1c.ipsecd.v1.ControllerMessage(\x01\x30\x01\x12\x42\n\x0c\x46\x65tchSecrets\x12\x19.ipsecd.v1.SecretsRequest\x1a\x17.ipsecd.v1.SecretsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15ipsecd/v1/agent.proto\x12\tipsecd.v1\x1a\x15ipsecd/v1/types.proto\"0\n\x0eSecretsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\x9b\x01\n\x0cSecretsReply\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x35\n\x07secrets\x18\x02 \x03(\x0b\x32$.ipsecd.v1.SecretsReply.SecretsEntry\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xcc\x01\n\x0c\x41gentMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.ipsecd.v1.HelloH\x00\x12\x1d\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0e.ipsecd.v1.AckH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.ipsecd.v1.NodeStatusH\x00\x12(\n\x06\x61nswer\x18\x04 \x01(\x0b\x32\x16.ipsecd.v1.QueryAnswerH\x00\x12\x1f\n\x04pong\x18\x05 \x01(\x0b\x32\x0f.ipsecd.v1.PongH\x00\x42\x06\n\x04kind\"\xfc\x01\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12,\n\x06labels\x18\x03 \x03(\x0b\x32\x1c.ipsecd.v1.Hello.LabelsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x15\n\rlast_revision\x18\x05 \x01(\x04\x12\x13\n\x0blast_sha256\x18\x06 \x01(\t\x12\x19\n\x11\x64irectory_version\x18\x07 \x01(\x04\x12\x18\n\x10\x64irectory_digest\x18\x08 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"F\n\x0bQueryAnswer\x12\x10\n\x08query_id\x18\x01 \x01(\x04\x12%\n\x06status\x18\x02 \x01(\x0b\x32\x15.ipsecd.v1.NodeStatus\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x96\x03\n\x11\x43ontrollerMessage\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.ipsecd.v1.SnapshotH\x00\x12)\n\x06update\x18\x02 \x01(\x0b\x32\x17.ipsecd.v1.PolicyUpdateH\x00\x12-\n\tdirectory\x18\x03 \x01(\x0b\x32\x18.ipsecd.v1.NodeDirectoryH\x00\x12!\n\x05query\x18\x04 \x01(\x0b\x32\x10.ipsecd.v1.QueryH\x00\x12\x1f\n\x04ping\x18\x05 \x01(\x0b\x32\x0f.ipsecd.v1.PingH\x00\x12#\n\x06resume\x18\x06 \x01(\x0b\x32\x11.ipsecd.v1.ResumeH\x00\x12\x34\n\x0fsecrets_changed\x18\x07 \x01(\x0b\x32\x19.ipsecd.v1.SecretsChangedH\x00\x12\x1d\n\x03\x63rl\x18\x08 \x01(\x0b\x32\x0e.ipsecd.v1.CrlH\x00\x12\x38\n\x0f\x64irectory_delta\x18\t \x01(\x0b\x32\x1d.ipsecd.v1.NodeDirectoryDeltaH\x00\x42\x06\n\x04kind\"p\n\x0ePolicyRevision\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x04 \x01(\x03\x12\x15\n\rpolicy_digest\x18\x05 \x01(\t\"v\n\x08Snapshot\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.ipsecd.v1.PolicyRevision\x12+\n\tdirectory\x18\x02 \x01(\x0b\x32\x18.ipsecd.v1.NodeDirectory\x12\x12\n\ncontroller\x18\x03 \x01(\t\"6\n\x06Resume\x12\x18\n\x10\x63urrent_revision\x18\x01 \x01(\x04\x12\x12\n\ncontroller\x18\x02 \x01(\t\"9\n\x0cPolicyUpdate\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.ipsecd.v1.PolicyRevision\"U\n\rNodeDirectory\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x05nodes\x18\x02 \x03(\x0b\x32\x14.ipsecd.v1.NodeEntry\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"\x83\x01\n\x12NodeDirectoryDelta\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12%\n\x07\x63hanged\x18\x03 \x03(\x0b\x32\x14.ipsecd.v1.NodeEntry\x12\x0f\n\x07removed\x18\x04 \x03(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\x0c\"\x19\n\x05Query\x12\x10\n\x08query_id\x18\x01 \x01(\x04\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"$\n\x0eSecretsChanged\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"\"\n\x03\x43rl\x12\x0b\n\x03pem\x18\x01 \x01(\x0c\x12\x0e\n\x06number\x18\x02 \x01(\x04\x32\x98\x01\n\x0c\x41gentService\x12\x44\n\x07\x43onnect\x12\x17.ipsecd.v1.AgentMessage\x1a\x1c.ipsecd.v1.ControllerMessage(\x01\x30\x01\x12\x42\n\x0c\x46\x65tchSecrets\x12\x19.ipsecd.v1.SecretsRequest\x1a\x17.ipsecd.v1.SecretsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,35 +45,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTMESSAGE']._serialized_start=268
   _globals['_AGENTMESSAGE']._serialized_end=472
   _globals['_HELLO']._serialized_start=475
-  _globals['_HELLO']._serialized_end=674
-  _globals['_HELLO_LABELSENTRY']._serialized_start=629
-  _globals['_HELLO_LABELSENTRY']._serialized_end=674
-  _globals['_ACK']._serialized_start=676
-  _globals['_ACK']._serialized_end=726
-  _globals['_QUERYANSWER']._serialized_start=728
-  _globals['_QUERYANSWER']._serialized_end=798
-  _globals['_PONG']._serialized_start=800
-  _globals['_PONG']._serialized_end=821
-  _globals['_CONTROLLERMESSAGE']._serialized_start=824
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1172
-  _globals['_POLICYREVISION']._serialized_start=1174
-  _globals['_POLICYREVISION']._serialized_end=1286
-  _globals['_SNAPSHOT']._serialized_start=1288
-  _globals['_SNAPSHOT']._serialized_end=1406
-  _globals['_RESUME']._serialized_start=1408
-  _globals['_RESUME']._serialized_end=1462
-  _globals['_POLICYUPDATE']._serialized_start=1464
-  _globals['_POLICYUPDATE']._serialized_end=1521
-  _globals['_NODEDIRECTORY']._serialized_start=1523
-  _globals['_NODEDIRECTORY']._serialized_end=1592
-  _globals['_QUERY']._serialized_start=1594
-  _globals['_QUERY']._serialized_end=1619
-  _globals['_PING']._serialized_start=1621
-  _globals['_PING']._serialized_end=1642
-  _globals['_SECRETSCHANGED']._serialized_start=1644
-  _globals['_SECRETSCHANGED']._serialized_end=1680
-  _globals['_CRL']._serialized_start=1682
-  _globals['_CRL']._serialized_end=1716
-  _globals['_AGENTSERVICE']._serialized_start=1719
-  _globals['_AGENTSERVICE']._serialized_end=1871
+  _globals['_HELLO']._serialized_end=727
+  _globals['_HELLO_LABELSENTRY']._serialized_start=682
+  _globals['_HELLO_LABELSENTRY']._serialized_end=727
+  _globals['_ACK']._serialized_start=729
+  _globals['_ACK']._serialized_end=779
+  _globals['_QUERYANSWER']._serialized_start=781
+  _globals['_QUERYANSWER']._serialized_end=851
+  _globals['_PONG']._serialized_start=853
+  _globals['_PONG']._serialized_end=874
+  _globals['_CONTROLLERMESSAGE']._serialized_start=877
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1283
+  _globals['_POLICYREVISION']._serialized_start=1285
+  _globals['_POLICYREVISION']._serialized_end=1397
+  _globals['_SNAPSHOT']._serialized_start=1399
+  _globals['_SNAPSHOT']._serialized_end=1517
+  _globals['_RESUME']._serialized_start=1519
+  _globals['_RESUME']._serialized_end=1573
+  _globals['_POLICYUPDATE']._serialized_start=1575
+  _globals['_POLICYUPDATE']._serialized_end=1632
+  _globals['_NODEDIRECTORY']._serialized_start=1634
+  _globals['_NODEDIRECTORY']._serialized_end=1719
+  _globals['_NODEDIRECTORYDELTA']._serialized_start=1722
+  _globals['_NODEDIRECTORYDELTA']._serialized_end=1853
+  _globals['_QUERY']._serialized_start=1855
+  _globals['_QUERY']._serialized_end=1880
+  _globals['_PING']._serialized_start=1882
+  _globals['_PING']._serialized_end=1903
+  _globals['_SECRETSCHANGED']._serialized_start=1905
+  _globals['_SECRETSCHANGED']._serialized_end=1941
+  _globals['_CRL']._serialized_start=1943
+  _globals['_CRL']._serialized_end=1977
+  _globals['_AGENTSERVICE']._serialized_start=1980
+  _globals['_AGENTSERVICE']._serialized_end=2132
 # @@protoc_insertion_point(module_scope)

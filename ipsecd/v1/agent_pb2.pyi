@@ -47,7 +47,7 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., status: _Optional[_Union[_types_pb2.NodeStatus, _Mapping]] = ..., answer: _Optional[_Union[QueryAnswer, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node", "addresses", "labels", "capabilities", "last_revision", "last_sha256")
+    __slots__ = ("node", "addresses", "labels", "capabilities", "last_revision", "last_sha256", "directory_version", "directory_digest")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,13 +61,17 @@ class Hello(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     LAST_REVISION_FIELD_NUMBER: _ClassVar[int]
     LAST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     node: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     last_revision: int
     last_sha256: str
-    def __init__(self, node: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_revision: _Optional[int] = ..., last_sha256: _Optional[str] = ...) -> None: ...
+    directory_version: int
+    directory_digest: bytes
+    def __init__(self, node: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_revision: _Optional[int] = ..., last_sha256: _Optional[str] = ..., directory_version: _Optional[int] = ..., directory_digest: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("revision", "ok", "error")
@@ -94,7 +98,7 @@ class Pong(_message.Message):
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("snapshot", "update", "directory", "query", "ping", "resume", "secrets_changed", "crl")
+    __slots__ = ("snapshot", "update", "directory", "query", "ping", "resume", "secrets_changed", "crl", "directory_delta")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +107,7 @@ class ControllerMessage(_message.Message):
     RESUME_FIELD_NUMBER: _ClassVar[int]
     SECRETS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     CRL_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_DELTA_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     update: PolicyUpdate
     directory: NodeDirectory
@@ -111,7 +116,8 @@ class ControllerMessage(_message.Message):
     resume: Resume
     secrets_changed: SecretsChanged
     crl: Crl
-    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[PolicyUpdate, _Mapping]] = ..., directory: _Optional[_Union[NodeDirectory, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., secrets_changed: _Optional[_Union[SecretsChanged, _Mapping]] = ..., crl: _Optional[_Union[Crl, _Mapping]] = ...) -> None: ...
+    directory_delta: NodeDirectoryDelta
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[PolicyUpdate, _Mapping]] = ..., directory: _Optional[_Union[NodeDirectory, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., secrets_changed: _Optional[_Union[SecretsChanged, _Mapping]] = ..., crl: _Optional[_Union[Crl, _Mapping]] = ..., directory_delta: _Optional[_Union[NodeDirectoryDelta, _Mapping]] = ...) -> None: ...
 
 class PolicyRevision(_message.Message):
     __slots__ = ("revision", "sha256", "text", "created_unix_ms", "policy_digest")
@@ -152,12 +158,28 @@ class PolicyUpdate(_message.Message):
     def __init__(self, policy: _Optional[_Union[PolicyRevision, _Mapping]] = ...) -> None: ...
 
 class NodeDirectory(_message.Message):
-    __slots__ = ("version", "nodes")
+    __slots__ = ("version", "nodes", "digest")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     version: int
     nodes: _containers.RepeatedCompositeFieldContainer[_types_pb2.NodeEntry]
-    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[_types_pb2.NodeEntry, _Mapping]]] = ...) -> None: ...
+    digest: bytes
+    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[_types_pb2.NodeEntry, _Mapping]]] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class NodeDirectoryDelta(_message.Message):
+    __slots__ = ("base_version", "version", "changed", "removed", "digest")
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    base_version: int
+    version: int
+    changed: _containers.RepeatedCompositeFieldContainer[_types_pb2.NodeEntry]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    digest: bytes
+    def __init__(self, base_version: _Optional[int] = ..., version: _Optional[int] = ..., changed: _Optional[_Iterable[_Union[_types_pb2.NodeEntry, _Mapping]]] = ..., removed: _Optional[_Iterable[str]] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("query_id",)

@@ -168,6 +168,18 @@ async def test_cluster_mode_follows_acknowledges_and_survives_the_controller(
             saved = tmp_path / "agent-a" / "last-applied.json"
             assert json.loads(saved.read_text())["revision"] == 1
             assert saved.stat().st_mode & 0o777 == 0o600
+            # the node directory is saved with its version, to be resumed after a restart
+            await wait_until(
+                lambda: (
+                    c.hub.directory_version > 0
+                    and d.directory_version == c.hub.directory_version
+                    and json.loads(saved.read_text()).get("directory_version")
+                    == d.directory_version
+                ),
+                30,
+                "the directory version saved",
+            )
+            dir_version, dir_digest = c.hub.directory_version, c.hub.feed.digest()
             # a revision this node cannot apply (a secret it does not have) is
             # acknowledged with the reason; the node keeps revision 1
             bad = (
@@ -192,6 +204,11 @@ async def test_cluster_mode_follows_acknowledges_and_survives_the_controller(
         await wait_until(lambda: d.applied is not None, 30, "the saved revision")
         assert d.applied is not None and d.applied.revision == 1
         assert ports(kernel_policies(a)) == {1111}
+        # and the directory: the next hello asks only for what changed since
+        await wait_until(lambda: d.stream is not None, 30, "the stream object")
+        assert d.stream is not None and d.directory_version == dir_version
+        hello = d.stream._hello().hello
+        assert (hello.directory_version, hello.directory_digest) == (dir_version, dir_digest)
 
 
 def test_daemon_needs_nothing_but_its_options(tmp_path: Path) -> None:

@@ -151,3 +151,70 @@ async def test_directory_goes_to_agents_that_ask(etcd_session: EtcdProcess) -> N
     finally:
         await asyncio.gather(watcher.stop(), plain.stop())
         await stop_controller(c)
+
+
+@run_async(90)
+async def test_directory_goes_as_deltas_and_resumes_across_a_controller_restart(
+    etcd_session: EtcdProcess,
+) -> None:
+    root = unique_prefix()
+    c = await start_controller(etcd_session, "r1", root)
+    await c.repo.push(policy(1), filename="p.spd")  # so that reconnecting agents resume
+    watcher = SimAgent("watcher", [address(c)], capabilities=("directory",)).start()
+    others = [SimAgent(f"n{i}", [address(c)]).start() for i in range(5)]
+    extra: SimAgent | None = None
+    try:
+        want = {"watcher", *(f"n{i}" for i in range(5))}
+        await wait_until(
+            lambda: (
+                bool(watcher.directories)
+                and {n.name for n in watcher.directories[-1].nodes} == want
+            ),
+            20,
+            "the directory of 6 nodes",
+        )
+        assert watcher.directories[0].whole  # the first one is the whole directory
+        assert not any(d.whole for d in watcher.directories[1:])  # then changes only
+        await wait_until(lambda: watcher.last == 1, 20, "revision 1")
+        seen = len(watcher.directories)
+        # a node joins: one delta naming it; the event still lists every node
+        extra = SimAgent("joiner", [address(c)]).start()
+        await wait_until(
+            lambda: any("joiner" in d.changed for d in watcher.directories[seen:]),
+            20,
+            "a delta with the new node",
+        )
+        ev = next(d for d in watcher.directories[seen:] if "joiner" in d.changed)
+        assert not ev.whole and ev.changed == ("joiner",) and ev.removed == ()
+        assert {n.name for n in ev.nodes} == {*want, "joiner"}
+        assert [n.name for n in ev.nodes] == sorted(n.name for n in ev.nodes)
+        stream = watcher.stream
+        assert stream is not None
+        assert stream.directory.version == c.hub.directory_version
+        assert stream.directory.digest() == c.hub.feed.digest()
+        # the stream ends and comes back: resumed, the directory is not sent again
+        before = len(watcher.directories)
+        c.hub.streams["watcher"].close(kill=True, reason="test: reconnect")
+        await wait_until(lambda: len(watcher.connected) == 2, 20, "the second connect")
+        assert watcher.connected[1].resumed
+        await wait_until(lambda: len(c.hub.streams) == 7, 20, "7 streams again")
+        assert watcher.directories[before:] == []
+        # a restarted controller has a new feed (other version numbers): the agent's
+        # digest is its digest, so at most a renumbering comes, never the whole directory
+        await stop_controller(c)
+        c = await start_controller(etcd_session, "r1", root)
+        await wait_until(lambda: c.hub.feed.published, 20, "the new controller's directory")
+        assert c.hub.feed.digest() == stream.directory.digest()
+        stream.controllers = [address(c)]
+        await wait_until(lambda: len(watcher.connected) == 3, 30, "the watcher back")
+        assert watcher.connected[2].resumed
+        await wait_until(
+            lambda: stream.directory.version == c.hub.directory_version, 20, "renumbered"
+        )
+        after = watcher.directories[before:]
+        assert after and all(not (d.whole or d.changed or d.removed) for d in after), after
+    finally:
+        await asyncio.gather(watcher.stop(), *(a.stop() for a in others))
+        if extra is not None:
+            await extra.stop()
+        await stop_controller(c)
