@@ -591,6 +591,7 @@ class Controller:
         self._parsed: tuple[int, spd.Policy] | None = None  # the last revision parsed
         self._node_secrets: dict[tuple[int, int, str], dict[str, bytes]] = {}
         self._values: dict[int, dict[str, bytes]] = {}  # revision -> its secrets' values
+        self._secrets_generation = 0  # etcd revision of the last secret change seen
         self.view = NodeView(self.keys)
         self.registry = Registry(
             store,
@@ -866,6 +867,7 @@ class Controller:
             else:
                 self.view.apply(ev)
         if changed:
+            self._secrets_generation = changed
             self._node_secrets.clear()
             self._values.clear()
             notice = agent_pb2.ControllerMessage(
@@ -1099,8 +1101,9 @@ class Controller:
 
         async def work() -> agent_pb2.SecretsReply:
             number, values = await self.node_secret_values(request.node, request.revision)
-            kv = await self.store.get_prefix(self.keys.secrets, limit=1)
-            return agent_pb2.SecretsReply(revision=number, secrets=values, generation=kv[1])
+            return agent_pb2.SecretsReply(
+                revision=number, secrets=values, generation=self._secrets_generation
+            )
 
         return await _guard(context, work())
 
