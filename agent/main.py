@@ -37,6 +37,7 @@ import socket
 import sys
 from pathlib import Path
 
+from ipsecd.gcpolicy import GcKeeper
 from ipsecd.metrics_common import AGENT_PORT, MetricsError, parse_listen
 from ipsecd.spd import SpdError, load_file
 
@@ -383,7 +384,14 @@ async def _run(opts: AgentOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
-    return await daemon.run()
+    # process-wide, so here and not in Daemon (tests run several in one process)
+    keeper = GcKeeper()
+    daemon.metrics.gc = keeper
+    gc_task = asyncio.create_task(keeper.run(), name="gc-keeper")
+    try:
+        return await daemon.run()
+    finally:
+        gc_task.cancel()
 
 
 def _detach(pidfile: Path) -> None:

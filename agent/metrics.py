@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import Metric
 
 import ipsecd
 from ipsecd import xfrm
+from ipsecd.gcpolicy import GcKeeper
 from ipsecd.ike.constants import NotifyType
 from ipsecd.ike.events import ChildSaFailed, IkeSaFailed
 from ipsecd.metrics_common import LoopCollector, MetricsServer, new_registry, parse_listen
@@ -93,6 +94,7 @@ class AgentMetrics:
         #: bytes and packets of SAs gone since, per connection key and direction
         self._retired: dict[tuple[str, ...], list[int]] = {}
         self.server: MetricsServer | None = None
+        self.gc: GcKeeper | None = None  # set by agent/main.py (process-wide)
 
     # ------------------------------------------------------------------ events
     def tap(self, sink: EventSink) -> EventSink:
@@ -141,6 +143,8 @@ class AgentMetrics:
         out += self._negotiations(d)
         out += await self._kernel(d)
         out += self._stream(d)
+        if self.gc is not None:
+            out += self.gc.metric_families("ipsecd")
         return out
 
     def _policy(self, d: Daemon) -> list[Metric]:

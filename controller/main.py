@@ -56,6 +56,7 @@ from controller.secretstore import Envelope, EnvelopeError
 from controller.server import Controller, ControllerConfig
 from controller.statedir import load_serving, split_hostport
 from ipsecd import logformat
+from ipsecd.gcpolicy import GcKeeper
 from ipsecd.metrics_common import CONTROLLER_PORT, MetricsError, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
@@ -461,7 +462,15 @@ async def serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        # process-wide, so here and not in Controller (tests run several in one process)
+        hub = controller.hub
+        keeper = GcKeeper(quiet=lambda: hub.sent.tracked is None)
+        controller.metrics.gc = keeper
+        gc_task = asyncio.create_task(keeper.run(), name="gc-keeper")
+        try:
+            await stop.wait()
+        finally:
+            gc_task.cancel()
         return 0
     finally:
         if controller is not None:

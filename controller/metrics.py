@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 import ipsecd
+from ipsecd.gcpolicy import GcKeeper
 from ipsecd.metrics_common import LoopCollector, MetricsServer, new_registry, parse_listen
 from ipsecd.v1 import types_pb2
 
@@ -68,6 +69,7 @@ class ControllerMetrics:
         self._published: dict[int, float] = {}
         self._connected: dict[str, float] = {}
         self.server: MetricsServer | None = None
+        self.gc: GcKeeper | None = None  # set by controller/main.py (process-wide)
 
     # ------------------------------------------------------------------ events
     def published(self, revision: int) -> None:
@@ -189,7 +191,11 @@ class ControllerMetrics:
             acks,
             *self._nodes(current),
             *self._etcd(),
+            *self._gc(),
         ]
+
+    def _gc(self) -> list[Metric]:
+        return [] if self.gc is None else self.gc.metric_families("ipsecd_controller")
 
     def _nodes(self, current: int) -> list[Metric]:
         view = self.c.view

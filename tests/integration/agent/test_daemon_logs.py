@@ -173,6 +173,16 @@ async def test_json_logs_at_debug_level_hold_no_secret(
             ctl.wait(5)
     assert codes == {"a": 0, "b": 0}, {n: a.log_tail() for n, a in agents.items()}
 
+    # both daemons run the GC keeper (docs/architecture.md "Garbage collection"): its
+    # start-up freeze is counted, the heap is frozen, and the names are documented
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
+    for prefix, page in (("ipsecd", scrapes[0]), ("ipsecd_controller", scrapes[-1])):
+        assert page.value(f"{prefix}_gc_freezes_total", reason="start") == 1, prefix
+        assert (page.value(f"{prefix}_gc_frozen_objects") or 0) > 10_000, prefix
+        assert page.value(f"{prefix}_gc_collections_total", generation="0") is not None
+        for family in ("pause_seconds_total", "collections_total", "freezes_total"):
+            assert f"`ipsecd_controller_gc_{family}`" in docs
+
     logs = {ctl_err: json_lines(ctl_err, replica=f"{os.uname().nodename}-{listen.split(':')[1]}")}
     for name in nodes:
         for file in ("stderr.log", "debug.log"):
