@@ -159,6 +159,12 @@ async def _worker(controller: str, first: int, count: int) -> None:
 
     loop = asyncio.get_running_loop()
     received = [0]
+    try:  # the agents' garbage-collection policy (agent/main.py installs it)
+        from ipsecd.gcpolicy import GcKeeper
+    except ImportError:  # an older tree (BENCH_CONTROLLER_TREE)
+        pass
+    else:
+        asyncio.create_task(GcKeeper().run())  # noqa: RUF006 - lives as long as we do
 
     class CountingStub:
         """The agents' stub, counting the bytes of every message they receive (what
@@ -256,6 +262,8 @@ async def _worker(controller: str, first: int, count: int) -> None:
         cmd = line.split()
         if cmd[0] == "stats":
             out({"bytes": received[0], **stats})
+        elif cmd[0] == "dirmin":  # the oldest directory version among these agents
+            out({"dirmin": min(s.directory.version for s in streams)})
         elif cmd[0] == "restart":
             lo, n, newaddr = int(cmd[1]), int(cmd[2]), cmd[3] == "1"
             want = {i: connects[i] + 1 for i in range(lo, lo + n)}
@@ -434,6 +442,27 @@ def _scrape(metrics: str) -> dict[str, float]:
     return out
 
 
+def _settle(
+    ctl: subprocess.Popen[str], workers: list[subprocess.Popen[str]], metrics: str
+) -> float:
+    """After the agents connected: wait until every agent holds the directory the
+    controller sends (the directory changes of the connect phase have all arrived)
+    and the controller's CPU is quiet, so the first push does not queue behind them.
+    Returns the seconds it took (at most 300)."""
+    t0 = time.monotonic()
+    time.sleep(3.0)  # registry flush, the last directory changes, first pings
+    while time.monotonic() - t0 < 300:
+        version = _scrape(metrics).get("ipsecd_controller_directory_version", 0.0)
+        _tell(workers, "dirmin")
+        lowest = min(_read_json(w, 60, "dirmin")["dirmin"] for w in workers)
+        cpu0 = _cpu_s(ctl.pid)
+        time.sleep(1.0)
+        busy = _cpu_s(ctl.pid) - cpu0
+        if lowest >= version and busy < 0.3:
+            break
+    return time.monotonic() - t0
+
+
 def _stats(workers: list[subprocess.Popen[str]]) -> dict[str, int]:
     _tell(workers, "stats")
     total: dict[str, int] = {}
@@ -543,8 +572,8 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
         for w in workers:
             _read_json(w, 600, "ready")
         connect_s = time.monotonic() - t_connect
+        settle_s = _settle(ctl, workers, metrics)
         _phase(f"{n}: pushes")
-        time.sleep(3.0)  # registry flush, directory, first pings
         rss_connected = _rss(ctl.pid)
         latencies: list[float] = []
         all_acked: list[float] = []
@@ -575,14 +604,17 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             "agents": n,
             "worker_processes": len(workers),
             "connect_all_s": round(connect_s, 2),
+            "settle_s": round(settle_s, 2),
             "pushes": PUSHES,
             "push_to_agent_ack_p50_ms": round(statistics.median(latencies) * 1000, 1),
             "push_to_agent_ack_p99_ms": round(_pct(latencies, 0.99) * 1000, 1),
             "push_to_all_acked_p50_ms": round(statistics.median(all_acked) * 1000, 1),
             "push_to_all_acked_max_ms": round(max(all_acked) * 1000, 1),
+            "push_to_all_acked_each_ms": [round(x * 1000) for x in all_acked],
             # -1: a controller without the metric (an older tree)
             "controller_fanout_to_all_streams_p50_ms": round(statistics.median(fanout) * 1000, 1),
             "controller_fanout_to_all_streams_max_ms": round(max(fanout) * 1000, 1),
+            "controller_fanout_each_ms": [round(x * 1000) for x in fanout],
             "push_phase_wall_s": round(wall, 2),
             "push_phase_cpu_controller_s": round(cpu_ctl, 2),
             "push_phase_cpu_etcd_s": round(cpu_etcd, 2),
@@ -832,6 +864,12 @@ def main() -> int:
                         str(n): bench_grpc_floor.measure("read", n, CTL_CPUS, AGENT_CPUS)
                         for n in sizes
                     },
+                    # push -> ack through a bare grpc.aio server and bare clients on the
+                    # same cores: gRPC's own floor for the fan-out figures below
+                    "bare_grpc_aio_fanout": [
+                        bench_grpc_floor.fanout(n, PUSHES, CTL_CPUS, AGENT_CPUS, workers=8)
+                        for n in sizes
+                    ],
                 }
                 results["runs"] = [run_size(etcd.url, n) for n in sizes]
             if "slow" in SCENARIOS:
