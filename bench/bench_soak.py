@@ -6,7 +6,8 @@ bench/bench_controller.py (controller and etcd on CPU 0, agents on CPU 1).
 
 Each round: a push (every agent acks), then alternately a reconnect storm (every agent
 stops and starts again at once, with its saved revision and directory) or node churn
-(a tenth of the agents come back on new addresses: directory deltas).  After every
+(a tenth of the agents come back on new addresses: directory deltas);
+``BENCH_SOAK_ROUNDS`` (``storm,churn``) picks other cycles (``push``: pushes only).  After every
 round: the controller's RSS and open fds.  The first ``BENCH_SOAK_WARMUP`` (20 %) of the
 rounds are the warm-up; printed: the samples, and after the warm-up the least-squares
 slope (MB per hour, fds per hour) and the range.
@@ -43,6 +44,9 @@ TRACE = os.environ.get("BENCH_SOAK_TRACEMALLOC", "")
 #: unset) and, at the end, ask glibc to return freed memory (malloc_trim): how much of
 #: the RSS is memory freed but kept by the allocator rather than held
 TRIM = os.environ.get("BENCH_SOAK_TRIM", "") == "1"
+#: what a round does after its push: "storm,churn" (alternately, the default), "storm",
+#: "churn", or "push" (nothing more): which of them the RSS growth comes with
+ROUNDS = os.environ.get("BENCH_SOAK_ROUNDS", "storm,churn").split(",")
 
 # the controller under tracemalloc: SIGUSR1 takes a snapshot; the first is the base,
 # each later one appends the top growth against it to $SOAK_TRACE_OUT
@@ -129,14 +133,15 @@ def soak(etcd_url: str) -> dict[str, Any]:
             asyncio.run(bc._push(address, rev))
             for w in workers:
                 bc._read_json(w, 300, "rev")
-            storm = rev % 2 == 0
-            if storm:  # every agent at once, resuming
+            kind = ROUNDS[rev % len(ROUNDS)]
+            if kind == "storm":  # every agent at once, resuming
                 bc._tell(workers, [f"restart 0 {size} 0" for size in sizes])
-            else:  # a tenth of the nodes on new addresses
+            elif kind == "churn":  # a tenth of the nodes on new addresses
                 lo = (rev // 2) % 10
                 bc._tell(workers, [f"restart {lo * size // 10} {size // 10} 1" for size in sizes])
-            for w in workers:
-                bc._read_json(w, 600, "restarted")
+            if kind != "push":
+                for w in workers:
+                    bc._read_json(w, 600, "restarted")
             time.sleep(2.5)  # registry flush and directory interval: the round settles
             t = time.monotonic() - t0
             samples.append(
@@ -167,6 +172,7 @@ def soak(etcd_url: str) -> dict[str, Any]:
         return {
             "agents": AGENTS,
             "seconds": SECONDS,
+            "round_cycle": ROUNDS,
             "rounds": len(samples),
             "after_warmup": {
                 "rss_mb_min_max": [min(rss), max(rss)],
