@@ -40,6 +40,7 @@ from ipsecd.ike import EndpointLimits, RetransmitConfig
 from ipsecd.jointoken import JoinToken
 from ipsecd.spd import NodeInfo, SpdError
 from ipsecd.v1 import types_pb2
+from ipsecd.xfrm.netns import run_in
 
 from .connections import Unusable, connection_digest, ike_config
 from .credentials import CredentialError, Credentials, NodeFiles, controller_credentials
@@ -153,17 +154,24 @@ def read_secrets(path: Path) -> dict[str, bytes]:
 
 
 def local_addresses(netns: str | None) -> tuple[str, ...]:
-    """The node's global unicast addresses (in its namespace)."""
+    """The node's global unicast addresses (in its namespace).
+
+    The namespace is entered with ``setns`` in a helper thread (ipsecd.xfrm.netns), not
+    with pyroute2's ``IPRoute(netns=...)``, which forks: a fork of a process whose gRPC
+    threads are running can abort in the child and leave the caller waiting on it."""
     from pyroute2 import IPRoute
 
-    with IPRoute(netns=netns) if netns else IPRoute() as ipr:
-        out = []
-        for msg in ipr.get_addr():
-            addr = msg.get_attr("IFA_ADDRESS")
-            if addr is None or msg["scope"] != 0:
-                continue
-            out.append(str(addr))
-    return tuple(out)
+    def read() -> tuple[str, ...]:
+        with IPRoute() as ipr:
+            out = []
+            for msg in ipr.get_addr():
+                addr = msg.get_attr("IFA_ADDRESS")
+                if addr is None or msg["scope"] != 0:
+                    continue
+                out.append(str(addr))
+        return tuple(out)
+
+    return run_in(netns, read)
 
 
 def _write_private(path: Path, data: str) -> None:

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from agent.daemon import Daemon
+from agent.daemon import Daemon, local_addresses
 from agent.status import StatusError, query
 from ipsecd import xfrm
 from tests.integration.controller.harness import address, start_controller, stop_controller
@@ -370,3 +370,20 @@ def test_secure_off_and_on_without_a_daemon(pair: tuple[Netns, Netns]) -> None:
         keys = {p.key for p in x.dump_policies()}
         assert foreign.key in keys and ours.key not in keys
         assert x.get_default_policy().outbound == xfrm.DefaultAction.ACCEPT
+
+
+def test_local_addresses_come_from_the_agents_namespace_without_a_fork(
+    pair: tuple[Netns, Netns],
+) -> None:
+    """The node's own addresses are read inside its namespace (setns in a helper
+    thread), and no child process is made for it: a fork of a process whose gRPC
+    threads run can abort in the child."""
+    a, b = pair
+    forks: list[int] = []
+    os.register_at_fork(before=lambda: forks.append(os.getpid()))
+    seen_a = local_addresses(a.name)
+    seen_b = local_addresses(b.name)
+    assert "192.0.2.1" in seen_a and "192.0.2.2" not in seen_a, seen_a
+    assert "192.0.2.2" in seen_b and "192.0.2.1" not in seen_b, seen_b
+    assert "fd00::1" in seen_a, seen_a
+    assert forks == []
