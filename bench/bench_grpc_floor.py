@@ -51,19 +51,9 @@ def _rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def _serve(style: str, port_q: Any, done: Any) -> None:
-    async def by_iterator(request_iterator: Any, context: Any) -> Any:
-        async for msg in request_iterator:
-            yield msg
-
-    async def by_read(request_iterator: Any, context: Any) -> None:
-        while True:
-            msg = await context.read()
-            if msg is grpc.aio.EOF:
-                return
-            await context.write(msg)
-
-    fn = by_iterator if style == "iterator" else by_read
+async def _bidi_server(fn: Any) -> tuple[Any, int]:
+    """A started grpc.aio server with ``fn`` as its one bidi method (bytes in and out)
+    on a free loopback port."""
     handler = grpc.method_handlers_generic_handler(
         "bench.Floor",
         {
@@ -76,6 +66,22 @@ async def _serve(style: str, port_q: Any, done: Any) -> None:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    return server, port
+
+
+async def _serve(style: str, port_q: Any, done: Any) -> None:
+    async def by_iterator(request_iterator: Any, context: Any) -> Any:
+        async for msg in request_iterator:
+            yield msg
+
+    async def by_read(request_iterator: Any, context: Any) -> None:
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return
+            await context.write(msg)
+
+    server, port = await _bidi_server(by_iterator if style == "iterator" else by_read)
     port_q.put(port)
     deadline = time.monotonic() + 600
     while not done.is_set() and time.monotonic() < deadline:
@@ -104,18 +110,7 @@ async def _fanout_serve(n: int, ctl_q: Any, out_q: Any) -> None:
             if len(acks) == n:
                 all_acked.set()
 
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Floor",
-        {
-            "Bidi": grpc.stream_stream_rpc_method_handler(
-                bidi, request_deserializer=_ident, response_serializer=_ident
-            )
-        },
-    )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await _bidi_server(bidi)
     out_q.put(port)
     payload = os.urandom(FANOUT_BYTES)
     tasks: set[asyncio.Task[None]] = set()
