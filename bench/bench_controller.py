@@ -64,6 +64,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_grpc_floor import cpu_s, pct
+
 ROOT = Path(__file__).resolve().parent.parent
 #: the code under test: this checkout, or BENCH_CONTROLLER_TREE (before/after runs)
 TREE = Path(os.environ.get("BENCH_CONTROLLER_TREE", str(ROOT))).resolve()
@@ -105,11 +107,6 @@ def _rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _policy(n: int) -> str:
@@ -395,11 +392,6 @@ async def _push(address: str, n: int, kib: int = 0) -> float:
         return t0
 
 
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def _start_controller(
     etcd_url: str, address: str, root: str, *extra: str, metrics: str = ""
 ) -> subprocess.Popen[str]:
@@ -455,9 +447,9 @@ def _settle(
         version = _scrape(metrics).get("ipsecd_controller_directory_version", 0.0)
         _tell(workers, "dirmin")
         lowest = min(_read_json(w, 60, "dirmin")["dirmin"] for w in workers)
-        cpu0 = _cpu_s(ctl.pid)
+        cpu0 = cpu_s(ctl.pid)
         time.sleep(1.0)
-        busy = _cpu_s(ctl.pid) - cpu0
+        busy = cpu_s(ctl.pid) - cpu0
         if lowest >= version and busy < 0.3:
             break
     return time.monotonic() - t0
@@ -485,7 +477,7 @@ def _rolling(
 ) -> dict[str, Any]:
     """Every agent stops and starts again, in WAVES waves (each wave 1/WAVES of every
     worker's agents), waiting for a wave to be back, then one directory interval."""
-    s0, cpu0, t0 = _stats(workers), _cpu_s(ctl.pid), time.monotonic()
+    s0, cpu0, t0 = _stats(workers), cpu_s(ctl.pid), time.monotonic()
     for k in range(WAVES):
         cmds = []
         for size in sizes:
@@ -496,7 +488,7 @@ def _rolling(
             _read_json(w, 600, "restarted")
         _phase(f"wave {k + 1} of {WAVES} back")
         time.sleep(1.2)  # the controller's directory interval (1 s): one change per wave
-    wall, cpu = time.monotonic() - t0, _cpu_s(ctl.pid) - cpu0
+    wall, cpu = time.monotonic() - t0, cpu_s(ctl.pid) - cpu0
     d = _delta(s0, _stats(workers))
     return {
         "waves": WAVES,
@@ -578,9 +570,9 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
         latencies: list[float] = []
         all_acked: list[float] = []
         fanout: list[float] = []
-        cpu_ctl0 = _cpu_s(ctl.pid)
-        cpu_etcd0 = _cpu_s(ETCD_PID)
-        cpu_workers0 = sum(_cpu_s(w.pid) for w in workers)
+        cpu_ctl0 = cpu_s(ctl.pid)
+        cpu_etcd0 = cpu_s(ETCD_PID)
+        cpu_workers0 = sum(cpu_s(w.pid) for w in workers)
         t_pushes = time.monotonic()
         for r in range(2, 2 + PUSHES):
             t0 = asyncio.run(_push(address, r))
@@ -597,9 +589,9 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             fanout.append(_scrape(metrics).get("ipsecd_controller_fanout_seconds", -1.0))
         wall = time.monotonic() - t_pushes
         rss_after = _rss(ctl.pid)  # growth here would be per-message memory kept per stream
-        cpu_ctl = _cpu_s(ctl.pid) - cpu_ctl0
-        cpu_etcd = _cpu_s(ETCD_PID) - cpu_etcd0
-        cpu_workers = sum(_cpu_s(w.pid) for w in workers) - cpu_workers0
+        cpu_ctl = cpu_s(ctl.pid) - cpu_ctl0
+        cpu_etcd = cpu_s(ETCD_PID) - cpu_etcd0
+        cpu_workers = sum(cpu_s(w.pid) for w in workers) - cpu_workers0
         result: dict[str, Any] = {
             "agents": n,
             "worker_processes": len(workers),
@@ -607,7 +599,7 @@ def run_size(etcd_url: str, n: int) -> dict[str, Any]:
             "settle_s": round(settle_s, 2),
             "pushes": PUSHES,
             "push_to_agent_ack_p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "push_to_agent_ack_p99_ms": round(_pct(latencies, 0.99) * 1000, 1),
+            "push_to_agent_ack_p99_ms": round(pct(latencies, 0.99) * 1000, 1),
             "push_to_all_acked_p50_ms": round(statistics.median(all_acked) * 1000, 1),
             "push_to_all_acked_max_ms": round(max(all_acked) * 1000, 1),
             "push_to_all_acked_each_ms": [round(x * 1000) for x in all_acked],
@@ -686,7 +678,7 @@ def _push_phase(address: str, workers: list[subprocess.Popen[str]], revs: list[i
 def _summary(latencies: list[float]) -> dict[str, float]:
     return {
         "push_to_agent_ack_p50_ms": round(statistics.median(latencies) * 1000, 1),
-        "push_to_agent_ack_p99_ms": round(_pct(latencies, 0.99) * 1000, 1),
+        "push_to_agent_ack_p99_ms": round(pct(latencies, 0.99) * 1000, 1),
         "push_to_agent_ack_max_ms": round(max(latencies) * 1000, 1),
     }
 

@@ -193,10 +193,17 @@ def _fanout_client_main(
     asyncio.run(_fanout_clients(port, n, ready_q, done))
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank below)."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def fanout(
@@ -231,7 +238,7 @@ def fanout(
         delays: list[float] = []
         slowest: list[float] = []
         server_cpu = 0.0
-        client_cpu0 = sum(_cpu_s(p.pid) for p in clients)
+        client_cpu0 = sum(cpu_s(p.pid) for p in clients)
         for _ in range(pushes):
             ctl_q.put("push")
             acks, cpu = out_q.get(timeout=180)
@@ -239,15 +246,12 @@ def fanout(
             slowest.append(max(acks))
             server_cpu += cpu
             time.sleep(0.3)
-        client_cpu = sum(_cpu_s(p.pid) for p in clients) - client_cpu0
-        delays.sort()
+        client_cpu = sum(cpu_s(p.pid) for p in clients) - client_cpu0
         return {
             "streams": n,
             "message_bytes": FANOUT_BYTES,
             "push_to_ack_p50_ms": round(statistics.median(delays) * 1000, 1),
-            "push_to_ack_p99_ms": round(
-                delays[min(len(delays) - 1, int(0.99 * len(delays)))] * 1000, 1
-            ),
+            "push_to_ack_p99_ms": round(pct(delays, 0.99) * 1000, 1),
             "push_to_all_acked_p50_ms": round(statistics.median(slowest) * 1000, 1),
             "server_cpu_per_push_ms": round(server_cpu / pushes * 1000, 1),
             "clients_cpu_per_push_ms": round(client_cpu / pushes * 1000, 1),
