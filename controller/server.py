@@ -950,6 +950,10 @@ class Controller:
             await asyncio.sleep(cfg.ping_interval / ticks)
             now = time.monotonic()
             for stream in list(self.hub.streams.values())[tick::ticks]:
+                if stream.closed:
+                    # dropped (or ending) already; it leaves the hub when its handler
+                    # runs, which under load can take longer than one check
+                    continue
                 stalled = stream.stalled_for(now)
                 if cfg.drain_timeout and stalled > cfg.drain_timeout:
                     # A stream that does not drain holds one message in gRPC's buffers
